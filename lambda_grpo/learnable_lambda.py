@@ -39,6 +39,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from lambda_grpo.weights import OptionError
+
 logger = logging.getLogger(__name__)
 
 STATE_KEY = "lambda_grpo"
@@ -67,11 +69,11 @@ class LambdaOptions:
     def __post_init__(self) -> None:
         low, high = self.bounds
         if not (math.isfinite(self.lr) and self.lr >= 0):
-            raise ValueError(f"lr must be a finite number >= 0, got {self.lr!r}")
+            raise OptionError("lr", f"lr must be a finite number >= 0, got {self.lr!r}")
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
-            raise ValueError(f"bounds must be two finite numbers low < high, got {self.bounds!r}")
+            raise OptionError("bounds", f"bounds must be two finite numbers low < high, got {list(self.bounds)!r}")
         if not (math.isfinite(self.init) and low <= self.init <= high):
-            raise ValueError(f"init={self.init!r} lies outside bounds {list(self.bounds)}")
+            raise OptionError("init", f"init={self.init!r} lies outside bounds {list(self.bounds)}")
 
 
 class LambdaAdamW(torch.optim.AdamW):

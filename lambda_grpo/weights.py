@@ -49,6 +49,14 @@ PAPER_R = 1.0 / 9.0
 GroupIds = Sequence[Hashable] | torch.Tensor
 
 
+class OptionError(ValueError):
+    """An invalid option value; `field` names the option."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(frozen=True)
 class WeightOptions:
     """The options of one weight scheme; validated on construction (see the module docstring).
@@ -72,20 +80,26 @@ class WeightOptions:
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
-            raise ValueError(f"unknown weight scheme {self.scheme!r}; choose one of {SCHEMES}")
+            raise OptionError("scheme", f"unknown weight scheme {self.scheme!r}; choose one of {SCHEMES}")
         if self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalization {self.normalization!r}; choose one of {NORMALIZATIONS}")
+            raise OptionError(
+                "normalization", f"unknown normalization {self.normalization!r}; choose one of {NORMALIZATIONS}"
+            )
         if not (math.isfinite(self.r) and self.r >= 0):
-            raise ValueError(f"r must be a finite number >= 0, got {self.r!r}")
+            raise OptionError("r", f"r must be a finite number >= 0, got {self.r!r}")
         if not (math.isfinite(self.eps) and self.eps >= 0):
-            raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}")
+            raise OptionError("eps", f"eps must be a finite number >= 0, got {self.eps!r}")
         if self.scheme == "dr_grpo" and (self.max_response_length is None or self.max_response_length <= 0):
-            raise ValueError(
+            raise OptionError(
+                "max_response_length",
                 "the dr_grpo scheme needs max_response_length (its constant normaliser L_max), "
-                f"got {self.max_response_length!r}"
+                f"got {self.max_response_length!r}",
             )
         if self.scheme == "lambda" and self.max_group_size is not None:
-            check_lift_positive(self.r, self.max_group_size)
+            try:
+                check_lift_positive(self.r, self.max_group_size)
+            except ValueError as error:
+                raise OptionError("r", str(error)) from None
 
 
 def check_lift_positive(r: float, max_group_size: int) -> None:

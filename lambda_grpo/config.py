@@ -1,0 +1,232 @@
+"""Compose and validate the training config (verl's `ppo_trainer` tree + `configs/`).
+
+`compose(overrides)` builds exactly what `python -m lambda_grpo.main <overrides>` trains with;
+`validate(cfg)` runs every start-up check, ours and then verl 0.9.1's own `validate_config`, in seconds
+and before Ray, models or data are touched. Each failure is a `ConfigError` whose message starts with the
+offending key and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from lambda_grpo import VERL_VERSION
+from lambda_grpo.learnable_lambda import LambdaOptions
+from lambda_grpo.weights import OptionError, WeightOptions
+
+CONFIG_MODULE = "lambda_grpo.configs"
+CONFIG_NAME = "lambda_grpo"
+LAMBDA_OPTIMIZER = ("lambda_grpo.learnable_lambda", "LambdaAdamW")
+REQUIRED_KEYS = ("data.train_files", "data.val_files", "actor_rollout_ref.model.path")
+
+
+class ConfigError(ValueError):
+    """An invalid training config; the message names the key."""
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The training config for these command-line overrides, with the Hydra choices applied."""
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+            cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides), return_hydra_config=True)
+    except HydraException as error:
+        raise ConfigError(str(error)) from error
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    apply_choices(cfg, choices)
+    return cfg
+
+
+def apply_choices(cfg: DictConfig, choices: Mapping[str, str | None]) -> None:
+    """Fill what depends on the chosen config groups: a null experiment name becomes <algo>-<model_size>."""
+    if cfg.trainer.experiment_name is None:
+        cfg.trainer.experiment_name = f"{choices['algo']}-{choices['model_size']}"
+
+
+def weight_options(cfg: DictConfig) -> WeightOptions:
+    """The response-weight options of this config (validated)."""
+    node = cfg.lambda_grpo
+    return _checked(
+        WeightOptions,
+        {"max_response_length": "data.max_response_length"},
+        scheme=node.scheme,
+        r=float(node.r),
+        normalization=node.normalization,
+        eps=float(node.eps),
+        max_response_length=int(cfg.data.max_response_length),
+        max_group_size=int(cfg.actor_rollout_ref.rollout.n),
+    )
+
+
+def lambda_options(cfg: DictConfig) -> LambdaOptions:
+    """λ's options of this config (validated), as the λ optimizer will receive them."""
+    node = cfg.lambda_grpo
+    return _checked(
+        LambdaOptions,
+        {name: f"lambda_grpo.lambda_{name}" for name in ("init", "lr", "bounds")},
+        init=float(node.lambda_init),
+        lr=float(node.lambda_lr),
+        bounds=tuple(float(b) for b in node.lambda_bounds),
+        trainable=bool(node.lambda_trainable),
+        follow_lr_schedule=bool(node.lambda_follow_lr_schedule),
+    )
+
+
+def validate(cfg: DictConfig, check_paths: bool = True) -> None:
+    """Every start-up check; raises ConfigError naming the key. `check_paths=False` skips file checks."""
+    _check_verl_version()
+    _check_required(cfg)
+    options = weight_options(cfg)
+    lambda_options(cfg)
+    _check_loss_wiring(cfg, options)
+    _check_trainer(cfg)
+    _check_batch_sizes(cfg)
+    if check_paths:
+        _check_paths(cfg)
+    _check_with_verl(cfg)
+
+
+def _checked(cls: type, config_keys: Mapping[str, str], **values: Any) -> Any:
+    """cls(**values); an OptionError becomes a ConfigError naming the config key of its field."""
+    try:
+        return cls(**values)
+    except OptionError as error:
+        key = config_keys.get(error.field, f"lambda_grpo.{error.field}")
+        raise ConfigError(f"{key}: {error}") from error
+
+
+def _check_verl_version() -> None:
+    installed = importlib.metadata.version("verl")
+    if installed != VERL_VERSION:
+        raise ConfigError(
+            f"verl=={installed} is installed, lambda_grpo is built and tested against verl=={VERL_VERSION} "
+            f"(its loss and trainer wiring is private API that changes between releases); "
+            f"pip install verl=={VERL_VERSION}"
+        )
+
+
+def _check_required(cfg: DictConfig) -> None:
+    missing = [key for key in REQUIRED_KEYS if _is_unset(cfg, key)]
+    if missing:
+        raise ConfigError(f"{missing[0]}: required but not set (missing: {', '.join(missing)}); pass {missing[0]}=...")
+
+
+def _check_loss_wiring(cfg: DictConfig, options: WeightOptions) -> None:
+    actor = cfg.actor_rollout_ref.actor
+    if actor.policy_loss.loss_mode != "lambda_grpo":
+        raise ConfigError(
+            f"actor_rollout_ref.actor.policy_loss.loss_mode: must be lambda_grpo (got {actor.policy_loss.loss_mode!r}); "
+            "every algo of the family runs through it, the scheme is lambda_grpo.scheme"
+        )
+    if actor.loss_agg_mode != "token-mean":
+        raise ConfigError(
+            f"actor_rollout_ref.actor.loss_agg_mode: must be token-mean (got {actor.loss_agg_mode!r}); "
+            "choose the aggregation with algo=grpo|dapo|dr_grpo|lambda_grpo instead"
+        )
+    n = int(cfg.actor_rollout_ref.rollout.n)
+    if n < 2:
+        raise ConfigError(
+            f"actor_rollout_ref.rollout.n: group methods need at least 2 responses per prompt (got {n})"
+        )
+    if options.scheme == "lambda":
+        optimizer = (actor.optim.optimizer_impl, actor.optim.optimizer)
+        if optimizer != LAMBDA_OPTIMIZER:
+            raise ConfigError(
+                f"actor_rollout_ref.actor.optim.optimizer: scheme lambda keeps λ in {'.'.join(LAMBDA_OPTIMIZER)} "
+                f"(got {'.'.join(optimizer)}); use algo=lambda_grpo, which sets optimizer_impl and optimizer"
+            )
+        if bool(cfg.lambda_grpo.lambda_trainable):
+            for direction in ("save_contents", "load_contents"):
+                contents = list(actor.checkpoint.get(direction) or [])
+                if "optimizer" not in contents:
+                    raise ConfigError(
+                        f"actor_rollout_ref.actor.checkpoint.{direction}: must include 'optimizer' (got {contents}); "
+                        "λ is saved and restored with the actor's optimizer state"
+                    )
+        if int(actor.get("ulysses_sequence_parallel_size", 1)) != 1:
+            raise ConfigError(
+                "actor_rollout_ref.actor.ulysses_sequence_parallel_size: must be 1 with the lambda scheme "
+                "(λ's gradient is averaged over all actor ranks, which equals the data-parallel group only "
+                "without sequence parallelism)"
+            )
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    if not cfg.trainer.use_v1 or cfg.trainer.v1.trainer_mode != "sync":
+        raise ConfigError(
+            f"trainer.v1.trainer_mode: lambda_grpo runs verl's V1 sync trainer (trainer.use_v1=true, "
+            f"trainer.v1.trainer_mode=sync); got use_v1={cfg.trainer.use_v1}, mode={cfg.trainer.v1.trainer_mode!r}"
+        )
+    if cfg.get("distillation") is not None and cfg.distillation.get("enabled", False):
+        raise ConfigError("distillation.enabled: distillation replaces the policy loss; it cannot run with lambda_grpo")
+    if cfg.actor_rollout_ref.actor.strategy not in ("fsdp", "fsdp2"):
+        raise ConfigError(
+            f"actor_rollout_ref.actor.strategy: lambda_grpo supports fsdp and fsdp2 (got {cfg.actor_rollout_ref.actor.strategy!r})"
+        )
+
+
+def _check_batch_sizes(cfg: DictConfig) -> None:
+    actor = cfg.actor_rollout_ref.actor
+    n = int(cfg.actor_rollout_ref.rollout.n)
+    gpus = int(cfg.trainer.n_gpus_per_node) * int(cfg.trainer.nnodes)
+    train, mini = int(cfg.data.train_batch_size), int(actor.ppo_mini_batch_size)
+    if train % mini:
+        raise ConfigError(
+            f"actor_rollout_ref.actor.ppo_mini_batch_size: {mini} must divide data.train_batch_size ({train})"
+        )
+    if (mini * n) % gpus:
+        raise ConfigError(
+            f"actor_rollout_ref.actor.ppo_mini_batch_size: {mini} prompts × rollout.n {n} = {mini * n} responses "
+            f"must divide over {gpus} GPUs (trainer.n_gpus_per_node × trainer.nnodes)"
+        )
+    micro = actor.get("ppo_micro_batch_size_per_gpu")
+    if not actor.use_dynamic_bsz and micro and (mini * n // gpus) % int(micro):
+        raise ConfigError(
+            f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu: {micro} must divide the per-GPU mini-batch "
+            f"({mini * n // gpus} responses)"
+        )
+
+
+def _check_paths(cfg: DictConfig) -> None:
+    for key in ("data.train_files", "data.val_files"):
+        files = OmegaConf.select(cfg, key)
+        for path in [files] if isinstance(files, str) else list(files or []):
+            if _is_local(path) and not os.path.exists(os.path.expanduser(path)):
+                raise ConfigError(f"{key}: {path} does not exist (prepare it with `python -m lambda_grpo.data prepare`)")
+    model_path = cfg.actor_rollout_ref.model.path
+    if _looks_like_local_path(model_path) and not os.path.exists(os.path.expanduser(model_path)):
+        raise ConfigError(f"actor_rollout_ref.model.path: {model_path} does not exist")
+
+
+def _check_with_verl(cfg: DictConfig) -> None:
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    try:
+        validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    except (AssertionError, ValueError, TypeError) as error:
+        raise ConfigError(f"verl's validate_config rejected the config: {error}") from error
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def _is_unset(cfg: DictConfig, key: str) -> bool:
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key)
+    return parent is None or leaf not in parent or OmegaConf.is_missing(parent, leaf) or parent[leaf] in (None, "")
+
+
+def _looks_like_local_path(path: str) -> bool:
+    """A model path meant as a directory; a hub id like Qwen/Qwen2.5-7B is not one."""
+    return path.startswith(("/", "./", "../", "~"))
