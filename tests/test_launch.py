@@ -258,3 +258,64 @@ def test_submission_without_token_is_refused(head, tmp_path):
     theirs = run(["ray", "job", "submit", "--address", head.address, "--", "echo", "pwned"],
                  dict(no_token, HOME=str(tmp_path)), timeout=120)
     assert theirs.returncode != 0 and "Authentication required" in theirs.stdout + theirs.stderr
+
+
+def preflight_overrides(tmp_path: Path, train_exists: bool = True) -> list[str]:
+    """A valid run on this CPU-only cluster, with values that need quoting on their way through."""
+    data = tmp_path / "my data"
+    data.mkdir()
+    if train_exists:
+        (data / "train.parquet").write_bytes(b"")
+    (data / "val.parquet").write_bytes(b"")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    return ["trainer.device=cpu",
+            f"data.train_files=['{data / 'train.parquet'}']",
+            f"data.val_files='{data / 'val.parquet'}'",
+            f"actor_rollout_ref.model.path={tmp_path / 'model'}",
+            f"trainer.default_local_dir={tmp_path / 'checkpoints'}",
+            "trainer.experiment_name='preflight \"quoted\" $HOME; a & b'"]
+
+
+def received_overrides(output: str) -> list[str]:
+    line = next(line for line in output.splitlines() if line.startswith("overrides (as received): "))
+    return json.loads(line.removeprefix("overrides (as received): "))
+
+
+@pytest.mark.ray
+def test_preflight_job_passes_with_runtime_env_and_overrides_intact(head, tmp_path):
+    overrides = preflight_overrides(tmp_path)
+    submitted = run([SUBMIT, "--address", head.address, "--no-wait", "--preflight", *overrides], head.env)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job_id = re.search(r"Submitting job (\S+) to", submitted.stdout).group(1)
+    assert f"submit logs {job_id} --follow" in submitted.stdout
+    logs = run([SUBMIT, "--address", head.address, "logs", job_id, "--follow"], head.env)
+    status = run([SUBMIT, "--address", head.address, "status", job_id], head.env)
+    assert "succeeded" in status.stdout.lower(), logs.stdout + logs.stderr
+    assert "\nPREFLIGHT PASSED\n" in logs.stdout
+    assert received_overrides(logs.stdout) == overrides
+    for name, value in RUNTIME_ENV["env_vars"].items():
+        assert f"{name}={value}" in logs.stdout
+    assert re.search(r"\[OK  \] node 127\.0\.0\.1 .*loss 'lambda_grpo' registered: lambda_grpo\.", logs.stdout)
+
+
+@pytest.mark.ray
+def test_preflight_job_with_missing_data_fails_with_readable_report(head, tmp_path):
+    overrides = preflight_overrides(tmp_path, train_exists=False)
+    result = run([SUBMIT, "--address", head.address, "--preflight", *overrides], head.env)
+    assert result.returncode == 1
+    missing = tmp_path / "my data" / "train.parquet"
+    assert "[FAIL] node 127.0.0.1" in result.stdout
+    assert f"data.train_files: {missing} not found" in result.stdout
+    assert "PREFLIGHT FAILED: 1 problem(s)" in result.stdout
+
+
+@pytest.mark.ray
+def test_stop_ends_a_job_waiting_for_nodes(head, tmp_path):
+    overrides = [*preflight_overrides(tmp_path), "trainer.nnodes=2"]
+    submitted = run([SUBMIT, "--address", head.address, "--no-wait", "--preflight", *overrides], head.env)
+    job_id = re.search(r"Submitting job (\S+) to", submitted.stdout).group(1)
+    stopped = run([SUBMIT, "--address", head.address, "stop", job_id], head.env)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    status = run([SUBMIT, "--address", head.address, "status", job_id], head.env)
+    assert "stopped" in status.stdout.lower()
