@@ -259,3 +259,15 @@ def test_bad_config_fails_before_touching_ray(capsys, monkeypatch):
     assert status == 1
     assert "[FAIL] config: ConfigError: actor_rollout_ref.rollout.n: group methods need at least 2" in report
     assert report.rstrip().endswith("PREFLIGHT FAILED: 1 problem(s)")
+
+
+def test_gpu_facts_parse_real_nvidia_smi_output(tmp_path, monkeypatch):
+    """The line below is what `nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits`
+    printed on an H200 node (also with CUDA_VISIBLE_DEVICES="", which Ray sets for GPU-less tasks)."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nprintf 'NVIDIA H200, 143771\\nNVIDIA H200, 143771\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    gpus = preflight._gpu_facts()
+    assert gpus == [{"name": "NVIDIA H200", "memory_bytes": 143771 * 2**20}] * 2
+    assert fails(judge(facts(gpus=gpus))) == []
