@@ -4,11 +4,16 @@
 
 ℓ_it is verl's own clipped surrogate (`compute_policy_loss_vanilla`: ratio clip, dual clip, rollout-IS
 weights), T = `batch_num_tokens` counted over the global mini-batch by verl's engine and handed to the loss
-in `config.global_batch_info`, f_i the per-response weights of `lambda_grpo.weights`. The weights enter as
-scaled advantages, ℓ(f·A) = f·ℓ(A) for f > 0, because every branch of the clipped surrogate (min/max with
-the clipped ratio, the dual-clip bound, the sign test on A) is positively homogeneous in A. That keeps the
-surrogate, its clip metrics and the normalisation verl's, and at f ≡ 1 (DAPO, λ = 0) the loss *is* verl's
-vanilla token-mean loss, bit for bit.
+in `config.global_batch_info`, f_i the per-response weights of `lambda_grpo.weights`.
+
+Weighting a response by f_i is the same as scaling its advantage, ℓ(f·A) = f·ℓ(A) for f > 0, because
+every branch of the clipped surrogate (min/max with the clipped ratio, the dual-clip bound, the sign test
+on A) is positively homogeneous in A; by Euler's theorem the gradients in f (hence in λ) agree too. We
+multiply the per-token loss, through the per-token weight verl's surrogate already applies
+(`rollout_is_weights`, combined with any rollout-correction weights): its backward to f is one product
+with ℓ, where scaled advantages would make every branch of the surrogate differentiate in A as well
+(measured by benchmarks/loss_overhead.py). The surrogate, its clip metrics and the normalisation stay
+verl's, and at f ≡ 1 (DAPO, λ = 0) the loss *is* verl's vanilla token-mean loss, bit for bit.
 
 verl's `ppo_loss` calls a registered loss with a fixed set of tensors and no per-sample extras, so the
 weights reach this loss in one of two ways:
@@ -62,14 +67,14 @@ def compute_policy_loss_lambda_grpo(
     *,
     sample_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """verl's clipped surrogate with advantages scaled per response by f_i, aggregated by global token-mean.
+    """verl's clipped surrogate weighted per response by f_i, aggregated by global token-mean.
 
     Args:
         old_log_prob, log_prob, advantages, response_mask: (bs, resp_len), as verl passes them.
         loss_agg_mode: must be "token-mean": the family's normaliser is the token count Σ_j |o_j|.
         config: the actor's `ActorConfig` (clip ratios, `global_batch_info`).
         rollout_is_weights: optional (bs, resp_len) rollout-correction weights, as in verl.
-        sample_weights: (bs,) f_i ≥ 0 (0 for padding rows); may carry a gradient to λ. Falls back to the
+        sample_weights: (bs,) f_i > 0 (0 only for padding rows); may carry a gradient to λ. Falls back to the
             weights bound by `sample_weights_bound`; with neither, raises MissingSampleWeightsError.
 
     Returns:
@@ -98,27 +103,30 @@ def compute_policy_loss_lambda_grpo(
             f"sample_weights must have shape ({advantages.shape[0]},) like the batch, got {tuple(sample_weights.shape)}"
         )
 
-    weighted_advantages = advantages * sample_weights.to(advantages.dtype).unsqueeze(-1)
+    token_weights = sample_weights.to(advantages.dtype).unsqueeze(-1)
+    if rollout_is_weights is not None:
+        token_weights = rollout_is_weights * token_weights
     pg_loss, metrics = compute_policy_loss_vanilla(
         old_log_prob=old_log_prob,
         log_prob=log_prob,
-        advantages=weighted_advantages,
+        advantages=advantages,
         response_mask=response_mask,
         loss_agg_mode=loss_agg_mode,
         config=config,
-        rollout_is_weights=rollout_is_weights,
+        rollout_is_weights=token_weights,
     )
-    metrics.update(_weight_metrics(sample_weights, response_mask))
+    metrics.update(_weight_metrics(sample_weights))
     return pg_loss, metrics
 
 
-def _weight_metrics(sample_weights: torch.Tensor, response_mask: torch.Tensor) -> dict[str, float]:
-    """min / max / mean of f over this micro-batch's responses that have tokens (0.0 if it has none).
+def _weight_metrics(sample_weights: torch.Tensor) -> dict[str, float]:
+    """min / max / mean of f over this micro-batch's non-empty responses (f > 0; 0.0 if it has none).
 
     Every key is always present: verl aggregates metrics across ranks and micro-batches element-wise
     and refuses lists of unequal length.
     """
-    weights = sample_weights.detach()[response_mask.any(-1)]
+    weights = sample_weights.detach()
+    weights = weights[weights > 0]
     if weights.numel() == 0:
         weights = torch.zeros(1, dtype=sample_weights.dtype, device=sample_weights.device)
     values = torch.stack([weights.min(), weights.max(), weights.mean()]).tolist()

@@ -1,0 +1,178 @@
+"""Throughput of lambda_grpo.reward against plain math-verify on the same samples, and verdict agreement.
+
+    python benchmarks/reward_throughput.py                       # synthetic rollouts (see `synthetic_samples`)
+    python benchmarks/reward_throughput.py --samples dump.jsonl  # e.g. verl's trainer.validation_data_dir dumps
+
+"Plain math-verify" is what a user writes from math-verify's README, in-process on the main thread:
+`verify(parse("\\boxed{" + ground_truth + "}"), parse(response))`. Ours is `compute_score` with one worker process
+(`LAMBDA_GRPO_REWARD_WORKERS=1`, so one core verifies at a time in both). Both run once over the whole sample set
+after a warm-up; samples/s = samples / wall seconds. The script then checks that both give identical verdicts on
+every case of the test table (tests/reward_cases.jsonl; its two pathological cases cost plain math-verify ~5 s
+each) and reports disagreements on the samples. Exit status 1 if a table verdict differs or the ratio is below
+--target-ratio. Not a timed test: CI does not run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CASES_FILE = REPO / "tests" / "reward_cases.jsonl"
+
+_COT_SENTENCES = [
+    "Let $x$ be the unknown quantity, so that $3x + 7 = {a}$.",
+    "Subtracting, we get $3x = {b}$ and hence $x = \\frac{{{b}}}{{3}}$.",
+    "The area of the triangle is $\\frac{{1}}{{2}} \\cdot {a} \\cdot {b} = {c}$.",
+    "By the Pythagorean theorem, $a^2 + b^2 = {c}$, where $a = {a}$.",
+    "We check the case $n = {a}$ separately: it gives ${b}$ solutions.",
+    "Multiplying both sides by ${a}$ gives \\[ {a}y = {c}. \\]",
+    "Since $\\gcd({a}, {b}) = 1$, the fraction is already in lowest terms.",
+    "Summing the arithmetic series $1 + 2 + \\cdots + {a}$ gives ${c}$.",
+]
+
+
+_CLOSINGS = [
+    "\nTherefore, the final answer is $\\boxed{{{}}}$. I hope it is correct.",
+    "\nSo the answer is \\boxed{{{}}}.",
+    "\n\\[\n\\boxed{{{}}}\n\\]",
+]
+
+
+def _answer_family(rng: random.Random) -> tuple[str, str, list[str]]:
+    """(ground truth, a wrong answer, equivalent rewrites) for one problem; family mix 60/15/25 (see below)."""
+    kind = rng.random()
+    a, b = rng.randint(2, 99), rng.randint(2, 99)
+    if kind < 0.60:  # integer answers: GSM8K, AIME, AMC, most of MATH
+        value = rng.randint(-50, 9999)
+        return str(value), str(value + rng.choice([-3, -1, 1, 2, 10])), [f"{value:,}" if value >= 1000 else f"{value}.0"]
+    if kind < 0.75:  # fractions
+        while b % a == 0 or a % b == 0:
+            a, b = rng.randint(2, 99), rng.randint(2, 99)
+        truth = f"\\frac{{{a}}}{{{b}}}"
+        return truth, f"\\frac{{{b}}}{{{a}}}", [f"\\dfrac{{{a}}}{{{b}}}", f"{a}/{b}", f"\\frac{{{2 * a}}}{{{2 * b}}}"]
+    templates = [  # symbolic answers: radicals, pi, intervals, polynomials
+        (f"\\frac{{\\sqrt{{{a}}}}}{{{b}}}", f"\\frac{{\\sqrt{{{a + 1}}}}}{{{b}}}", [f"\\sqrt{{{a}}}/{b}"]),
+        (f"{a}\\sqrt{{{b}}}", f"{a + 1}\\sqrt{{{b}}}", [f"\\sqrt{{{a * a * b}}}"]),
+        (f"\\frac{{{a}\\pi}}{{{b}}}", f"\\frac{{{b}\\pi}}{{{a}}}", [f"{a}\\pi/{b}"]),
+        (f"({a}, {a + b}]", f"[{a}, {a + b}]", [f"\\left({a}, {a + b}\\right]"]),
+        (f"x^2 + {a}x + {b}", f"x^2 + {b}x + {a}", [f"{b} + {a}x + x^2"]),
+    ]
+    return rng.choice(templates)
+
+
+def synthetic_samples(count: int, seed: int, group_size: int = 8) -> list[tuple[str, str]]:
+    """`count` (response, ground truth) pairs shaped like one GRPO step's rollouts on MATH-style data.
+
+    Prompts come in groups of `group_size` responses (verl's rollout.n), consecutive as verl scores them.
+    Ground truths: 60% integers, 15% fractions, 25% symbolic. Each response: 10-40 sentences of chain of thought
+    with inline math (~1,600 characters), then the answer in `\\boxed{}` in one of three closing phrases. Per
+    response: 50% correct (four in five written exactly as the ground truth, one in five in an equivalent form),
+    42% wrong (one of the group's two wrong answers: a model's wrong answers to one problem cluster), 8%
+    truncated without an answer.
+    """
+    rng = random.Random(seed)
+    samples = []
+    while len(samples) < count:
+        truth, wrong, rewrites = _answer_family(rng)
+        wrong_answers = [wrong, _answer_family(rng)[1]]
+        numbers = {"a": rng.randint(2, 99), "b": rng.randint(2, 99), "c": rng.randint(100, 9999)}
+        for _ in range(group_size):
+            body = " ".join(rng.choice(_COT_SENTENCES).format(**numbers) for _ in range(rng.randint(10, 40)))
+            draw = rng.random()
+            if draw < 0.08:
+                response = body
+            else:
+                if draw < 0.58:
+                    answer = truth if rng.random() < 0.8 else rng.choice(rewrites)
+                else:
+                    answer = rng.choice(wrong_answers)
+                response = body + rng.choice(_CLOSINGS).format(answer)
+            samples.append((response, truth))
+    return samples[:count]
+
+
+def load_samples(path: Path, response_key: str, truth_key: str) -> list[tuple[str, str]]:
+    samples = []
+    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+        row = json.loads(line)
+        for key in (response_key, truth_key):
+            if key not in row:
+                raise SystemExit(f"{path}:{line_number}: no field {key!r} (fields: {sorted(row)})")
+        samples.append((str(row[response_key]), str(row[truth_key])))
+    return samples
+
+
+def plain_math_verify(response: str, truth: str) -> bool:
+    from math_verify import parse, verify
+
+    return bool(verify(parse("\\boxed{" + truth + "}"), parse(response)))
+
+
+def ours(response: str, truth: str) -> bool:
+    from lambda_grpo.reward import compute_score
+
+    return compute_score("benchmark", response, truth)["score"] == 1.0
+
+
+def timed(scorer, samples: list[tuple[str, str]]) -> tuple[list[bool], float]:
+    start = time.perf_counter()
+    verdicts = [scorer(response, truth) for response, truth in samples]
+    return verdicts, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=Path, default=None, help="JSONL of responses (default: synthetic)")
+    parser.add_argument("--response-key", default="output", help="response field of --samples (default: output)")
+    parser.add_argument("--truth-key", default="gts", help="ground-truth field of --samples (default: gts)")
+    parser.add_argument("--count", type=int, default=2000, help="number of synthetic samples (default: 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples (default: 0)")
+    parser.add_argument("--group-size", type=int, default=8, help="responses per prompt, synthetic (default: 8)")
+    parser.add_argument("--target-ratio", type=float, default=5.0, help="required speed-up (default: 5.0)")
+    parser.add_argument("--cases", type=Path, default=CASES_FILE, help=f"test table (default: {CASES_FILE})")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("LAMBDA_GRPO_REWARD_WORKERS", "1")
+    sys.path.insert(0, str(REPO))
+    from lambda_grpo.reward.fast_path import fast_verdict
+
+    samples = (
+        load_samples(args.samples, args.response_key, args.truth_key)
+        if args.samples
+        else synthetic_samples(args.count, args.seed, args.group_size)
+    )
+    warmup = synthetic_samples(50, seed=args.seed + 1)
+    timed(plain_math_verify, warmup)
+    timed(ours, warmup)
+
+    plain_verdicts, plain_s = timed(plain_math_verify, samples)
+    our_verdicts, our_s = timed(ours, samples)
+    fast_share = sum(fast_verdict(response, truth) is not None for response, truth in samples) / len(samples)
+    ratio = plain_s / our_s
+    print(f"samples: {len(samples)} ({args.samples or f'synthetic, seed {args.seed}'}); fast path: {fast_share:.0%}")
+    print(f"{'scorer':<20}{'samples/s':>12}{'seconds':>10}")
+    print(f"{'plain math-verify':<20}{len(samples) / plain_s:>12.0f}{plain_s:>10.2f}")
+    print(f"{'lambda_grpo.reward':<20}{len(samples) / our_s:>12.0f}{our_s:>10.2f}")
+    print(f"ratio: {ratio:.1f}x (target >= {args.target_ratio:.1f}x)")
+    differing = [i for i, (a, b) in enumerate(zip(plain_verdicts, our_verdicts)) if a != b]
+    print(f"verdicts differing on the samples: {len(differing)} of {len(samples)} {differing[:10]}")
+
+    cases = [json.loads(line) for line in args.cases.read_text().splitlines()]
+    table_differing = []
+    for case in cases:
+        plain = plain_math_verify(case["response"], case["ground_truth"])
+        our = ours(case["response"], case["ground_truth"])
+        if plain != our:
+            table_differing.append(case["id"])
+    print(f"test table: {len(cases) - len(table_differing)} of {len(cases)} verdicts identical {table_differing}")
+    return 0 if not table_differing and ratio >= args.target_ratio else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
