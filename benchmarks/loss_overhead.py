@@ -57,9 +57,9 @@ def surrogate_backend() -> tuple[str, Callable, Callable]:
         def baseline(x, log_prob):
             return clipped_surrogate_token_mean(x["old_log_prob"], log_prob, x["advantages"], x["mask"])
 
-        def lambda_path(x, log_prob, weights):
-            return clipped_surrogate_token_mean(x["old_log_prob"], log_prob, x["advantages"] * weights[:, None],
-                                                x["mask"])
+        def lambda_path(x, log_prob, weights):  # weights the per-token loss, as lambda_grpo.loss does
+            return clipped_surrogate_token_mean(x["old_log_prob"], log_prob, x["advantages"], x["mask"],
+                                                rollout_is_weights=weights[:, None])
 
         return "benchmarks/torch_surrogate.py (verl not importable here)", baseline, lambda_path
 

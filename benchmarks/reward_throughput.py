@@ -44,51 +44,52 @@ _CLOSINGS = [
 ]
 
 
-def _answer_family(rng: random.Random) -> tuple[str, str, list[str]]:
-    """(ground truth, a wrong answer, equivalent rewrites) for one problem; family mix 60/15/25 (see below)."""
+def _answer_family(rng: random.Random) -> tuple[str, list[str], list[str]]:
+    """(ground truth, two wrong answers of the same kind, equivalent rewrites) for one problem."""
     kind = rng.random()
-    a, b = rng.randint(2, 99), rng.randint(2, 99)
+    a, b, c = rng.randint(2, 99), rng.randint(2, 99), rng.randint(2, 9)
     if kind < 0.60:  # integer answers: GSM8K, AIME, AMC, most of MATH
         value = rng.randint(-50, 9999)
-        return str(value), str(value + rng.choice([-3, -1, 1, 2, 10])), [f"{value:,}" if value >= 1000 else f"{value}.0"]
+        rewrite = f"{value:,}" if value >= 1000 else f"{value}.0"
+        return str(value), [str(value + rng.choice([-3, -1, 1])), str(value * c)], [rewrite]
     if kind < 0.75:  # fractions
         while b % a == 0 or a % b == 0:
             a, b = rng.randint(2, 99), rng.randint(2, 99)
         truth = f"\\frac{{{a}}}{{{b}}}"
-        return truth, f"\\frac{{{b}}}{{{a}}}", [f"\\dfrac{{{a}}}{{{b}}}", f"{a}/{b}", f"\\frac{{{2 * a}}}{{{2 * b}}}"]
+        wrong = [f"\\frac{{{b}}}{{{a}}}", f"\\frac{{{a + c}}}{{{b}}}"]
+        return truth, wrong, [f"\\dfrac{{{a}}}{{{b}}}", f"{a}/{b}", f"\\frac{{{2 * a}}}{{{2 * b}}}"]
     templates = [  # symbolic answers: radicals, pi, intervals, polynomials
-        (f"\\frac{{\\sqrt{{{a}}}}}{{{b}}}", f"\\frac{{\\sqrt{{{a + 1}}}}}{{{b}}}", [f"\\sqrt{{{a}}}/{b}"]),
-        (f"{a}\\sqrt{{{b}}}", f"{a + 1}\\sqrt{{{b}}}", [f"\\sqrt{{{a * a * b}}}"]),
-        (f"\\frac{{{a}\\pi}}{{{b}}}", f"\\frac{{{b}\\pi}}{{{a}}}", [f"{a}\\pi/{b}"]),
-        (f"({a}, {a + b}]", f"[{a}, {a + b}]", [f"\\left({a}, {a + b}\\right]"]),
-        (f"x^2 + {a}x + {b}", f"x^2 + {b}x + {a}", [f"{b} + {a}x + x^2"]),
+        (f"\\frac{{\\sqrt{{{a}}}}}{{{b}}}", [f"\\frac{{\\sqrt{{{a + 1}}}}}{{{b}}}", f"\\frac{{{a}}}{{{b}}}"], [f"\\sqrt{{{a}}}/{b}"]),
+        (f"{a}\\sqrt{{{b}}}", [f"{a + 1}\\sqrt{{{b}}}", f"{a * b}"], [f"\\sqrt{{{a * a * b}}}"]),
+        (f"\\frac{{{a}\\pi}}{{{b}}}", [f"\\frac{{{b}\\pi}}{{{a}}}", f"{a}\\pi"], [f"{a}\\pi/{b}"]),
+        (f"({a}, {a + b}]", [f"[{a}, {a + b}]", f"({a}, {a + b})"], [f"\\left({a}, {a + b}\\right]"]),
+        (f"x^2 + {a}x + {b}", [f"x^2 + {b}x + {a}", f"x^2 - {a}x + {b}"], [f"{b} + {a}x + x^2"]),
     ]
     return rng.choice(templates)
 
 
-def synthetic_samples(count: int, seed: int, group_size: int = 8) -> list[tuple[str, str]]:
+def synthetic_samples(count: int, seed: int, group_size: int = 8, no_answer: float = 0.08) -> list[tuple[str, str]]:
     """`count` (response, ground truth) pairs shaped like one GRPO step's rollouts on MATH-style data.
 
     Prompts come in groups of `group_size` responses (verl's rollout.n), consecutive as verl scores them.
-    Ground truths: 60% integers, 15% fractions, 25% symbolic. Each response: 10-40 sentences of chain of thought
-    with inline math (~1,600 characters), then the answer in `\\boxed{}` in one of three closing phrases. Per
-    response: 50% correct (four in five written exactly as the ground truth, one in five in an equivalent form),
-    42% wrong (one of the group's two wrong answers: a model's wrong answers to one problem cluster), 8%
-    truncated without an answer.
+    Ground truths: 60% integers, 15% fractions, 25% symbolic (radicals, multiples of pi, intervals,
+    polynomials). Each response: 10-40 sentences of chain of thought with inline math (~1,600 characters), then
+    the answer in `\\boxed{}` in one of three closing phrases. Per response: a share `no_answer` is cut off
+    before any answer (truncated at the length limit); of the rest, 54% are correct (four in five written exactly
+    as the ground truth, one in five in an equivalent form) and 46% wrong (one of the group's two wrong answers:
+    a model's wrong answers to one problem cluster).
     """
     rng = random.Random(seed)
     samples = []
     while len(samples) < count:
-        truth, wrong, rewrites = _answer_family(rng)
-        wrong_answers = [wrong, _answer_family(rng)[1]]
+        truth, wrong_answers, rewrites = _answer_family(rng)
         numbers = {"a": rng.randint(2, 99), "b": rng.randint(2, 99), "c": rng.randint(100, 9999)}
         for _ in range(group_size):
             body = " ".join(rng.choice(_COT_SENTENCES).format(**numbers) for _ in range(rng.randint(10, 40)))
-            draw = rng.random()
-            if draw < 0.08:
+            if rng.random() < no_answer:
                 response = body
             else:
-                if draw < 0.58:
+                if rng.random() < 0.54:
                     answer = truth if rng.random() < 0.8 else rng.choice(rewrites)
                 else:
                     answer = rng.choice(wrong_answers)
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=2000, help="number of synthetic samples (default: 2000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples (default: 0)")
     parser.add_argument("--group-size", type=int, default=8, help="responses per prompt, synthetic (default: 8)")
+    parser.add_argument(
+        "--no-answer", type=float, default=0.08, help="share of truncated responses, synthetic (default: 0.08)"
+    )
     parser.add_argument("--target-ratio", type=float, default=5.0, help="required speed-up (default: 5.0)")
     parser.add_argument("--cases", type=Path, default=CASES_FILE, help=f"test table (default: {CASES_FILE})")
     args = parser.parse_args(argv)
@@ -145,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = (
         load_samples(args.samples, args.response_key, args.truth_key)
         if args.samples
-        else synthetic_samples(args.count, args.seed, args.group_size)
+        else synthetic_samples(args.count, args.seed, args.group_size, args.no_answer)
     )
     warmup = synthetic_samples(50, seed=args.seed + 1)
     timed(plain_math_verify, warmup)

@@ -20,13 +20,19 @@ def clipped_surrogate_token_mean(
     clip_ratio_c: float = 3.0,
     batch_num_tokens: int | None = None,
     dp_size: int = 1,
+    rollout_is_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Σ_{i,t} M·max(−A·r, −A·clip(r, 1−ε, 1+ε)) (dual-clipped for A < 0) / T × dp, tensors (bs, len)."""
+    """Σ_{i,t} M·w·max(−A·r, −A·clip(r, 1−ε, 1+ε)) (dual-clipped for A < 0) / T × dp, tensors (bs, len).
+
+    w = rollout_is_weights (broadcastable to (bs, len)) multiplies the per-token loss, as in verl.
+    """
     ratio = torch.exp(torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0))
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio)
     pessimistic = torch.maximum(unclipped, clipped)
     dual_clipped = torch.min(-advantages * clip_ratio_c, pessimistic)
     per_token = torch.where(advantages < 0, dual_clipped, pessimistic)
+    if rollout_is_weights is not None:
+        per_token = per_token * rollout_is_weights
     tokens = response_mask.sum() if batch_num_tokens is None else batch_num_tokens
     return (per_token * response_mask).sum() / tokens * dp_size

@@ -26,8 +26,10 @@ def test_plain_torch_surrogate_is_verls_vanilla_token_mean(global_info):
     config = ActorConfig(strategy="fsdp", rollout_n=2, ppo_micro_batch_size_per_gpu=1,
                          policy_loss=PolicyLossConfig(loss_mode="vanilla"))
     config.global_batch_info.update(global_info)
-    verl_loss = compute_policy_loss_vanilla(old, new, advantages, mask, "token-mean", config)[0]
-    ours = clipped_surrogate_token_mean(old, new, advantages, mask, **global_info)
+    weights = torch.rand(6, 1, generator=generator, dtype=torch.float64)
+    verl_loss = compute_policy_loss_vanilla(old, new, advantages, mask, "token-mean", config,
+                                            rollout_is_weights=weights)[0]
+    ours = clipped_surrogate_token_mean(old, new, advantages, mask, **global_info, rollout_is_weights=weights)
     assert torch.equal(ours, verl_loss)
     assert torch.equal(torch.autograd.grad(ours, new)[0], torch.autograd.grad(verl_loss, new)[0])
 
