@@ -67,8 +67,9 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str | Path], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=timeout)
+def run(cmd: list[str | Path], env: dict[str, str], timeout: float = 240, cwd: Path | None = None
+        ) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,7 +286,8 @@ def received_overrides(output: str) -> list[str]:
 @pytest.mark.ray
 def test_preflight_job_passes_with_runtime_env_and_overrides_intact(head, tmp_path):
     overrides = preflight_overrides(tmp_path)
-    submitted = run([SUBMIT, "--address", head.address, "--no-wait", "--preflight", *overrides], head.env)
+    # From an unrelated directory: the upload is still the repository.
+    submitted = run([SUBMIT, "--address", head.address, "--no-wait", "--preflight", *overrides], head.env, cwd=tmp_path)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     job_id = re.search(r"Submitting job (\S+) to", submitted.stdout).group(1)
     assert f"submit logs {job_id} --follow" in submitted.stdout
@@ -296,7 +298,9 @@ def test_preflight_job_passes_with_runtime_env_and_overrides_intact(head, tmp_pa
     assert received_overrides(logs.stdout) == overrides
     for name, value in RUNTIME_ENV["env_vars"].items():
         assert f"{name}={value}" in logs.stdout
-    assert re.search(r"\[OK  \] node 127\.0\.0\.1 .*loss 'lambda_grpo' registered: lambda_grpo\.", logs.stdout)
+    # Registered in the worker from the uploaded copy of the repository.
+    assert re.search(r"\[OK  \] node 127\.0\.0\.1 .*loss 'lambda_grpo' registered: lambda_grpo\..*"
+                     r"working_dir_files/.*/lambda_grpo/loss\.py", logs.stdout)
 
 
 @pytest.mark.ray
