@@ -270,7 +270,7 @@ def preflight_overrides(tmp_path: Path, train_exists: bool = True) -> list[str]:
     (data / "val.parquet").write_bytes(b"")
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
-    return ["trainer.device=cpu",
+    return ["model_size=tiny_cpu",
             f"data.train_files=['{data / 'train.parquet'}']",
             f"data.val_files='{data / 'val.parquet'}'",
             f"actor_rollout_ref.model.path={tmp_path / 'model'}",
