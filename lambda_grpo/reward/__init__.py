@@ -1,0 +1,98 @@
+"""Verifiable math reward for verl: `compute_score`, the default reward of lambda_grpo's configs.
+
+verl loads it as a custom reward function (verl/utils/import_utils.py: a `pkg://` path is imported as a module,
+so this package's `compute_score` is found from any working directory, in every Ray worker)::
+
+    reward.custom_reward_function.path=pkg://lambda_grpo.reward
+    reward.custom_reward_function.name=compute_score
+    +reward.custom_reward_function.reward_kwargs.timeout_s=5.0      # optional, the default shown
+
+Verdict. The score is 1.0 iff math-verify 0.9.0 (HF's verifier; symbolic and numeric equivalence of LaTeX and
+plain expressions) accepts the response with its default settings::
+
+    verify(parse("\\boxed{" + ground_truth + "}"), parse(solution_str))
+
+so extraction follows math-verify's priorities: "final answer is X", `\\boxed{X}` (nested braces), "answer: X",
+and then the last LaTeX expression or number in the text (which covers GSM8K's `#### X`). Units, `\\dfrac`,
+`a/b`, `x = X`, thousands separators and set/interval notation are handled by math-verify.
+
+Speed. `fast_path` settles the common cases (the extracted answer and the ground truth are integers or fractions,
+normalise to the same string, or are numbers/intervals/polynomials with different values) in microseconds, with a
+verdict proven equal to math-verify's (`extraction` proves which answer math-verify extracts). Everything else
+goes to math-verify in a worker process (`symbolic`), which also enforces the timeout, parses only the box when
+that is provably what math-verify would extract, and caches those verdicts by (ground truth, box content). Plain
+math-verify and this function agree on every case of `tests/reward_cases.jsonl`;
+`benchmarks/reward_throughput.py` measures the speed-up.
+
+Never raises on model output: malformed, empty or pathological responses score 0.0, with the reason in the
+result. A response whose verification takes longer than `timeout_s` scores 0.0 with reason "timeout" (math-verify
+itself gives up on a comparison after 5 s and returns False).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lambda_grpo.reward.extraction import single_box_content
+from lambda_grpo.reward.fast_path import fast_verdict
+from lambda_grpo.reward.symbolic import symbolic_verdict
+
+DEFAULT_TIMEOUT_S = 5.0
+"""Per-call wall-clock limit of the symbolic verification (seconds); math-verify's own per-step limit is 5 s."""
+
+VERL_INFRASTRUCTURE_KWARGS = frozenset(
+    {"reward_router_address", "reward_model_tokenizer", "sandbox_fusion_url", "concurrent_semaphore", "memory_limit_mb"}
+)
+"""Keyword arguments some verl reward managers pass to every reward function; accepted and ignored here."""
+
+REASONS = ("match", "mismatch", "no_answer", "timeout", "invalid_input", "error")
+"""Values of the result's "reason" (an "error" reason carries a suffix: "error: <what>")."""
+
+
+def _result(equal: bool, pred: str, reason: str, verifier: str) -> dict[str, Any]:
+    score = 1.0 if equal else 0.0
+    return {"score": score, "acc": score, "pred": pred, "reason": reason, "verifier": verifier}
+
+
+def compute_score(
+    data_source: str,
+    solution_str: str,
+    ground_truth: str,
+    extra_info: dict | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Score one response: 1.0 if its answer is equivalent to `ground_truth` (see module docstring), else 0.0.
+
+    Args:
+        data_source: verl's dispatch key; unused (every source is scored the same way).
+        solution_str: the decoded response.
+        ground_truth: the reference answer (LaTeX or plain); an int/float is converted with str().
+        extra_info: verl's per-row extra info; unused.
+        timeout_s: wall-clock limit of the symbolic verification, seconds (> 0).
+        **kwargs: verl infrastructure arguments (`VERL_INFRASTRUCTURE_KWARGS`), ignored. Any other name raises
+            TypeError (a misspelt `reward_kwargs` key must not be silently ignored).
+
+    Returns:
+        Always the same keys and types, as verl turns them into `reward_extra_info` columns:
+        {"score": float, "acc": float (= score; verl's validation reports "acc"), "pred": str (the extracted
+        answer, "" if none; verl's majority-vote metrics use it), "reason": str (one of `REASONS`),
+        "verifier": str ("fast", "math_verify" or "none")}.
+    """
+    unexpected = set(kwargs) - VERL_INFRASTRUCTURE_KWARGS
+    if unexpected:
+        raise TypeError(f"lambda_grpo.reward.compute_score: unexpected keyword arguments {sorted(unexpected)}")
+    if not timeout_s > 0:
+        raise ValueError(f"lambda_grpo.reward.compute_score: timeout_s={timeout_s!r}; must be > 0")
+    if isinstance(ground_truth, (int, float)) and not isinstance(ground_truth, bool):
+        ground_truth = str(ground_truth)
+    if not isinstance(solution_str, str) or not isinstance(ground_truth, str) or not ground_truth.strip():
+        return _result(False, "", "invalid_input", "none")
+
+    content = single_box_content(solution_str)
+    fast = fast_verdict(solution_str, ground_truth, box_content=content)
+    if fast is not None:
+        reason = "no_answer" if fast.rule == "no_answer" else "match" if fast.equal else "mismatch"
+        return _result(fast.equal, fast.pred, reason, "fast")
+    symbolic = symbolic_verdict(solution_str, ground_truth, timeout_s, box_content=content)
+    return _result(symbolic.equal, symbolic.pred, symbolic.outcome, "math_verify")
