@@ -1,0 +1,181 @@
+"""python -m lambda_grpo.plots: training curves of one or several runs, one PNG per quantity, one line per run.
+
+    python -m lambda_grpo.plots --out-dir plots \\
+        --run lambda_grpo=lambda_grpo/lambda_grpo-qwen2_5_7b.jsonl --run grpo=lambda_grpo/grpo-qwen2_5_7b.jsonl
+
+Inputs (a run is NAME=PATH[,PATH...]; several paths are merged, later files winning on repeated steps):
+  - verl's `file` logger output (our configs enable it: trainer.logger=[console,file]): a JSONL file of
+    {"step": N, "data": {metric: value}} lines, written to $VERL_FILE_LOGGER_PATH if set, else to
+    $VERL_FILE_LOGGER_ROOT/<trainer.project_name>/<trainer.experiment_name>.jsonl (root: the trainer's working
+    directory). verl reopens that file with "wb" on every start, so a resumed run overwrites it: point each
+    attempt to its own VERL_FILE_LOGGER_PATH and list the files in order.
+  - verl's `tensorboard` logger output: a directory holding events.out.tfevents.* files ($TENSORBOARD_DIR, else
+    tensorboard_log/<project_name>/<experiment_name>).
+
+Figures (file name <- metric):
+  lambda.png           <- actor/lambda                     λ after each update (λ-GRPO runs only)
+  response_length.png  <- response_length/mean             mean response length in tokens
+  entropy.png          <- actor/entropy                    mean token entropy of the policy
+  reward.png           <- critic/score/mean                mean sequence reward (our reward: accuracy)
+  val_<source>.png     <- val-core/<source>/acc/mean@<n>   validation accuracy per data source (verl's
+                                                           metric_utils / ray_trainer naming)
+A run without a metric has no line in that figure; a metric no run has gets no figure (both are printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+Series = dict[str, list[tuple[int, float]]]
+"""metric -> [(step, value)], steps ascending and unique."""
+
+QUANTITIES: tuple[tuple[str, str, str], ...] = (
+    ("lambda", "actor/lambda", "λ"),
+    ("response_length", "response_length/mean", "mean response length (tokens)"),
+    ("entropy", "actor/entropy", "entropy"),
+    ("reward", "critic/score/mean", "mean reward"),
+)
+"""(figure name, metric, y-axis label) of the training quantities."""
+
+VALIDATION = re.compile(r"val-core/(?P<source>.+)/acc/mean@\d+")
+"""verl's headline validation metric: mean accuracy over the n samples of each prompt, per data source."""
+
+
+def _read_file_logger(path: Path) -> Iterable[tuple[int, str, float]]:
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                step, data = int(record["step"]), record["data"]
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                raise ValueError(f"{path}:{number}: not a verl file-logger line ({error})") from None
+            for metric, value in data.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    yield step, metric, float(value)
+
+
+def _read_tensorboard(directory: Path) -> Iterable[tuple[int, str, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    files = sorted(directory.glob("events.out.tfevents.*"))
+    if not files:
+        raise ValueError(f"{directory}: no events.out.tfevents.* files")
+    for file in files:
+        accumulator = EventAccumulator(str(file), size_guidance={SCALARS: 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()[SCALARS]:
+            for event in accumulator.Scalars(tag):
+                yield event.step, tag, float(event.value)
+
+
+def read_run(paths: Iterable[Path]) -> Series:
+    """All scalar metrics of one run from verl file-logger JSONL files and/or tensorboard directories.
+
+    Later paths (and later lines) win when a step repeats, as after a resume.
+    """
+    values: dict[str, dict[int, float]] = {}
+    for path in paths:
+        if path.is_dir():
+            records = _read_tensorboard(path)
+        elif path.is_file():
+            records = _read_file_logger(path)
+        else:
+            raise FileNotFoundError(f"training log not found: {path}")
+        for step, metric, value in records:
+            values.setdefault(metric, {})[step] = value
+    return {metric: sorted(by_step.items()) for metric, by_step in values.items()}
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure: its file stem, metric(s) drawn, y label, and the series of each run that has the metric."""
+
+    name: str
+    metric: str
+    ylabel: str
+    lines: dict[str, list[tuple[int, float]]]
+
+
+def figures(runs: Mapping[str, Series]) -> list[Figure]:
+    """The figures to draw (module docstring) with their data; figures with no data are left out."""
+    planned = list(QUANTITIES)
+    validation_metrics = sorted({metric for run in runs.values() for metric in run if VALIDATION.fullmatch(metric)})
+    for metric in validation_metrics:
+        source = VALIDATION.fullmatch(metric)["source"]
+        planned.append((f"val_{re.sub(r'[^A-Za-z0-9_.-]+', '_', source)}", metric, f"validation accuracy ({source})"))
+    result = []
+    for name, metric, ylabel in planned:
+        lines = {run: series[metric] for run, series in runs.items() if series.get(metric)}
+        if lines:
+            result.append(Figure(name, metric, ylabel, lines))
+    return result
+
+
+def draw(figure: Figure, out_dir: Path) -> Path:
+    """Write `<out_dir>/<figure.name>.png`: one line per run against the training step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for run, points in figure.lines.items():
+        steps, values = zip(*points, strict=True)
+        axes.plot(steps, values, label=run, marker="o" if len(points) < 20 else None, markersize=3)
+    axes.set_xlabel("training step")
+    axes.set_ylabel(figure.ylabel)
+    axes.set_title(figure.metric)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    fig.tight_layout()
+    path = out_dir / f"{figure.name}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _run_argument(text: str) -> tuple[str, list[Path]]:
+    name, equals, paths = text.partition("=")
+    if not equals or not name or not paths:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PATH[,PATH...]")
+    return name, [Path(path).expanduser() for path in paths.split(",")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lambda_grpo.plots",
+        description="Draw λ, response length, entropy, reward and validation accuracy of training runs as PNGs.",
+        epilog="Inputs: verl file-logger JSONL files or tensorboard directories (see the module docstring).",
+    )
+    parser.add_argument(
+        "--run", type=_run_argument, action="append", required=True, metavar="NAME=PATH[,PATH...]",
+        help="a run to draw, repeatable: its legend name and its log file(s)/directory(ies), merged in order",
+    )  # fmt: skip
+    parser.add_argument("--out-dir", type=Path, default=Path("plots"), help="where the PNGs go (default: plots)")
+    args = parser.parse_args(argv)
+
+    names = [name for name, _ in args.run]
+    if len(set(names)) != len(names):
+        parser.error(f"a run name is used twice: {names}")
+    runs = {name: read_run(paths) for name, paths in args.run}
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    drawn = figures(runs)
+    for figure in drawn:
+        missing = sorted(set(runs) - set(figure.lines))
+        note = f" (no {figure.metric} in: {', '.join(missing)})" if missing else ""
+        print(f"{draw(figure, args.out_dir)}{note}")
+    for name, metric, _ in QUANTITIES:
+        if name not in {figure.name for figure in drawn}:
+            print(f"no run has {metric}: {name}.png not drawn")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
