@@ -9,12 +9,14 @@ offending key and says how to fix it.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from hydra import compose as hydra_compose
-from hydra import initialize_config_module
+from hydra import initialize_config_dir, initialize_config_module
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -32,10 +34,32 @@ class ConfigError(ValueError):
     """An invalid training config; the message names the key."""
 
 
+def config_dir() -> Path | None:
+    """The `configs/` folder beside the imported `lambda_grpo` package, if there is one; else None.
+
+    In a source checkout, and in a Ray job's uploaded working dir, the configs next to the code are the
+    ones to use; an installed wheel has only the packaged copy (`lambda_grpo.configs`). Without this, a
+    job running uploaded code would read the configs of whatever checkout is installed.
+    """
+    folder = Path(__file__).resolve().parent.parent / "configs"
+    return folder if (folder / f"{CONFIG_NAME}.yaml").is_file() else None
+
+
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """The training config for these command-line overrides, with the Hydra choices applied."""
+    return compose_with_choices(overrides)[0]
+
+
+def compose_with_choices(overrides: Sequence[str] = ()) -> tuple[DictConfig, dict[str, str | None]]:
+    """`compose`, plus the option Hydra chose for every config group (e.g. {"model_size": "qwen2_5_7b"})."""
+    folder = config_dir()
+    context = (
+        initialize_config_dir(config_dir=str(folder), version_base=None)
+        if folder
+        else initialize_config_module(config_module=CONFIG_MODULE, version_base=None)
+    )
     try:
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+        with context:
             cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides), return_hydra_config=True)
     except HydraException as error:
         raise ConfigError(str(error)) from error
@@ -43,7 +67,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     with open_dict(cfg):
         del cfg["hydra"]
     apply_choices(cfg, choices)
-    return cfg
+    return cfg, choices
 
 
 def apply_choices(cfg: DictConfig, choices: Mapping[str, str | None]) -> None:
@@ -90,6 +114,7 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
     _check_loss_wiring(cfg, options)
     _check_trainer(cfg)
     _check_batch_sizes(cfg)
+    _check_checkpoint_dir(cfg)
     if check_paths:
         _check_paths(cfg)
     _check_with_verl(cfg)
@@ -193,6 +218,23 @@ def _check_batch_sizes(cfg: DictConfig) -> None:
         raise ConfigError(
             f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu: {micro} must divide the per-GPU mini-batch "
             f"({mini * n // gpus} responses)"
+        )
+
+
+def ray_job_runtime_env() -> dict[str, Any]:
+    """The runtime env of the Ray job this process runs in ({} outside `ray job submit`), as verl reads it."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    return json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}")).get("runtime_env", {})
+
+
+def _check_checkpoint_dir(cfg: DictConfig) -> None:
+    folder = str(cfg.trainer.default_local_dir)
+    if ray_job_runtime_env().get("working_dir") and not os.path.isabs(os.path.expanduser(folder)):
+        raise ConfigError(
+            f"trainer.default_local_dir: {folder} is relative, and this Ray job runs in a temporary copy of its "
+            "uploaded working dir: checkpoints would vanish with the job and resume would find nothing. "
+            "Use an absolute path on shared storage"
         )
 
 

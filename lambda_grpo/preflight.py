@@ -45,6 +45,8 @@ from typing import Any
 
 import ray
 
+from lambda_grpo.config import ray_job_runtime_env
+
 LAMBDA_GRPO_LOSS = "lambda_grpo"
 
 
@@ -111,15 +113,16 @@ class RunRequirements:
 
 
 def compose_and_validate(overrides: Sequence[str]):
-    """The config `python -m lambda_grpo.main <overrides>` would run with; raises ConfigError on a bad one.
+    """The config `python -m lambda_grpo.main <overrides>` would run with, and the Hydra group choices;
+    raises ConfigError on a bad one.
 
     Paths are left to the per-node checks, which look on every node rather than on this one.
     """
-    from lambda_grpo.config import compose, validate
+    from lambda_grpo.config import compose_with_choices, validate
 
-    cfg = compose(list(overrides))
+    cfg, choices = compose_with_choices(list(overrides))
     validate(cfg, check_paths=False)
-    return cfg
+    return cfg, choices
 
 
 def _as_list(value: Any) -> list[str]:
@@ -349,13 +352,6 @@ def check_cluster(nodes: Sequence[dict[str, Any]], req: RunRequirements) -> Find
 # Orchestration.
 
 
-def job_runtime_env() -> dict[str, Any]:
-    """The runtime env of the Ray job this process runs in ({} outside `ray job submit`)."""
-    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
-
-    return json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}")).get("runtime_env", {}) or {}
-
-
 def wait_for_nodes(req: RunRequirements, wait_s: float, poll_s: float = 2.0,
                    list_nodes: Callable[[], list[dict[str, Any]]] = ray.nodes) -> Finding:
     """Poll Ray until the cluster check passes or wait_s runs out, printing progress."""
@@ -403,25 +399,6 @@ def format_report(overrides: Sequence[str], findings: Sequence[Finding]) -> str:
     return "\n".join(lines)
 
 
-def chosen_model_size(overrides: Sequence[str]) -> str:
-    """The `model_size` group these overrides select: the last `model_size=` override, else the
-    default in the primary config's defaults list (Hydra's rule for a group override).
-
-    TODO(config): use the choice lambda_grpo.config.compose resolved, once it exposes its choices.
-    """
-    for override in reversed(overrides):
-        if override.startswith("model_size="):
-            return override.split("=", 1)[1]
-    from importlib.resources import files
-
-    from omegaconf import OmegaConf
-
-    from lambda_grpo.config import CONFIG_MODULE, CONFIG_NAME
-
-    primary = OmegaConf.load(files(CONFIG_MODULE) / f"{CONFIG_NAME}.yaml")
-    return next(entry.model_size for entry in primary.defaults if OmegaConf.is_dict(entry) and "model_size" in entry)
-
-
 def connect_ray(cfg, address: str | None) -> None:
     """Join the given cluster (or $RAY_ADDRESS's); else start a local one as lambda_grpo.main would."""
     if address or os.environ.get("RAY_ADDRESS"):
@@ -437,12 +414,12 @@ def preflight(overrides: Sequence[str], node_wait_s: float, node_timeout_s: floa
               address: str | None) -> list[Finding]:
     """All checks; a config that does not compose stops before touching Ray."""
     try:
-        cfg = compose_and_validate(overrides)
-        req = requirements_from_config(cfg, chosen_model_size(overrides))
+        cfg, choices = compose_and_validate(overrides)
+        req = requirements_from_config(cfg, choices["model_size"])
     except Exception as error:  # noqa: BLE001 — reported as the config finding
         return [Finding("FAIL", "config", f"{type(error).__name__}: {error}")]
     findings = [Finding("OK", "config", "composed and validated")]
-    runtime_env = job_runtime_env()
+    runtime_env = ray_job_runtime_env()
     expected_env = {str(k): str(v) for k, v in (runtime_env.get("env_vars") or {}).items()}
     if expected_env:
         shown = ", ".join(f"{k}={v}" for k, v in sorted(expected_env.items()))

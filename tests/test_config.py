@@ -153,3 +153,25 @@ def test_options_handed_to_the_loss_and_the_optimizer(data_files):
     assert (options.scheme, options.max_response_length, options.normalization, options.max_group_size) == (
         "dr_grpo", 1500, "power", 8)
     assert lambda_options(cfg).bounds == (-10.0, 10.0)
+
+
+def test_relative_checkpoint_dir_is_refused_inside_a_ray_job_with_an_uploaded_working_dir(monkeypatch, data_files):
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"runtime_env": {"working_dir": "gcs://_ray_pkg_1.zip"}}')
+    with pytest.raises(ConfigError, match="^trainer.default_local_dir: checkpoints/lambda_grpo/.* is relative"):
+        validate(compose(data_files))
+    validate(compose([*data_files, "trainer.default_local_dir=/shared/checkpoints/run"]))
+
+
+def test_configs_beside_the_imported_code_win_over_the_installed_copy(tmp_path):
+    """A Ray job runs an uploaded copy of the repository: its configs, not the installed ones, must apply."""
+    import shutil
+
+    root = CONFIG_DIR.parent
+    shutil.copytree(root / "lambda_grpo", tmp_path / "lambda_grpo", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(CONFIG_DIR, tmp_path / "configs", ignore=shutil.ignore_patterns("__pycache__"))
+    primary = tmp_path / "configs" / "lambda_grpo.yaml"
+    primary.write_text(primary.read_text().replace("    n: 8\n", "    n: 6\n"))
+    code = "from lambda_grpo.config import compose; print(compose([]).actor_rollout_ref.rollout.n)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "6"

@@ -103,9 +103,12 @@ def test_every_shipped_model_size_has_a_gpu_requirement():
     assert shipped and shipped <= set(preflight.GPU_MEMORY_GB)
 
 
-def test_model_size_choice_is_the_last_override_else_the_primary_default():
-    assert preflight.chosen_model_size(["model_size=qwen2_5_3b", "model_size=qwen2_5_7b"]) == "qwen2_5_7b"
-    assert preflight.chosen_model_size(["algo=grpo"]) in preflight.GPU_MEMORY_GB
+def test_model_size_is_the_choice_hydra_resolved(tmp_path):
+    data = [f"data.train_files={tmp_path}/t.parquet", f"data.val_files={tmp_path}/v.parquet"]
+    _, choices = preflight.compose_and_validate(["model_size=qwen2_5_3b", "model_size=qwen2_5_7b", *data])
+    assert choices["model_size"] == "qwen2_5_7b"
+    _, choices = preflight.compose_and_validate(["algo=grpo", *data])
+    assert choices["model_size"] in preflight.GPU_MEMORY_GB
 
 
 # ----------------------------------------------------------------------------------------------

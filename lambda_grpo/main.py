@@ -1,0 +1,75 @@
+"""Train Qwen2.5 with λ-GRPO, or a GRPO / DAPO / Dr. GRPO baseline, on verl 0.9.1's trainer.
+
+    python -m lambda_grpo.main model_size=qwen2_5_7b algo=lambda_grpo \\
+        data.train_files=$HOME/data/math/train.parquet data.val_files=$HOME/data/math/test.parquet
+    python -m lambda_grpo.main model_size=tiny_cpu algo=lambda_grpo     # a few steps on any CPU machine
+    launch/submit model_size=qwen2_5_7b algo=lambda_grpo trainer.nnodes=2  # a Ray cluster (ray job submit)
+
+Config groups: model_size=qwen2_5_1_5b|qwen2_5_3b|qwen2_5_7b|tiny_cpu, algo=lambda_grpo|grpo|dapo|dr_grpo;
+every verl key stays overridable as with `python -m verl.trainer.main_ppo`. The config is validated
+before Ray starts (lambda_grpo.config.validate); without RAY_ADDRESS a local Ray instance is started,
+with it the job joins that cluster.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from lambda_grpo.config import CONFIG_MODULE, CONFIG_NAME, ConfigError, apply_choices, config_dir, validate
+
+# The configs beside the code (a checkout, a Ray job's uploaded working dir), else the packaged copy.
+CONFIG_PATH = str(config_dir() or f"pkg://{CONFIG_MODULE}")
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name=CONFIG_NAME, version_base=None)
+def main(cfg: DictConfig) -> None:
+    apply_choices(cfg, HydraConfig.get().runtime.choices)
+    try:
+        validate(cfg)
+    except ConfigError as error:
+        print(f"lambda_grpo: invalid config: {error}", file=sys.stderr)
+        sys.exit(2)
+    run(cfg)
+
+
+def run(cfg: DictConfig) -> None:
+    """Train with a validated config: verl's run_ppo with the λ-GRPO TaskRunner."""
+    _require_loss_registered()
+    _activate_platform(cfg)
+    from verl.trainer.main_ppo import run_ppo
+
+    from lambda_grpo.trainer import LambdaGRPOTaskRunner
+
+    run_ppo(cfg, task_runner_class=LambdaGRPOTaskRunner)
+
+
+def _require_loss_registered() -> None:
+    """verl swallows plugin import errors: make sure ours loaded before any Ray process starts."""
+    import verl  # noqa: F401  (loads the verl.plugins entry points)
+    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+
+    if "lambda_grpo" not in POLICY_LOSS_REGISTRY:
+        raise RuntimeError(
+            "the 'lambda_grpo' loss is not registered after `import verl`: the package's verl.plugins entry "
+            "point did not load. Reinstall lambda_grpo (pip install -e .) and run `python -c 'import lambda_grpo.plugin'` "
+            "to see the import error."
+        )
+
+
+def _activate_platform(cfg: DictConfig) -> None:
+    """Export the environment a non-CUDA platform needs, here and in every Ray process."""
+    if cfg.trainer.device != "cpu":
+        return
+    from lambda_grpo.cpu_platform import activate_cpu_platform
+
+    env = activate_cpu_platform()
+    with open_dict(cfg):
+        cfg.ray_kwargs.ray_init.runtime_env.env_vars.update(env)
+
+
+if __name__ == "__main__":
+    main()
