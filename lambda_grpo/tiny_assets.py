@@ -40,6 +40,9 @@ Usage::
 
     python -m lambda_grpo.tiny_assets --help
 
+Configs name the paths through the OmegaConf resolver this module registers on import
+(`${lambda_grpo.tiny:model_dir}`, `train_file`, `val_file`, `tokenizer_dir`; see `register_resolver`).
+
 The toy reward is used from verl's config as::
 
     reward.custom_reward_function.path=pkg://lambda_grpo.tiny_assets
@@ -58,6 +61,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -361,7 +365,7 @@ def ensure_tiny_assets(cache_dir: str | os.PathLike | None = None, spec: TinySpe
     """Return the paths of the tiny assets, generating any that is missing from `cache_dir`.
 
     `cache_dir` defaults to `default_cache_dir()`. Cheap when everything is cached (three stat
-    calls). Prints one progress line per asset it generates.
+    calls). Prints one progress line (stderr) per asset it generates.
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     root = root.absolute()
@@ -370,15 +374,15 @@ def ensure_tiny_assets(cache_dir: str | os.PathLike | None = None, spec: TinySpe
     task_dir = root / f"toy_add-{spec.key('toy_add')}"
 
     if not tokenizer_dir.is_dir():
-        print(f"[lambda_grpo.tiny_assets] training the tiny tokenizer -> {tokenizer_dir}", flush=True)
+        print(f"[lambda_grpo.tiny_assets] training the tiny tokenizer -> {tokenizer_dir}", file=sys.stderr, flush=True)
         with _atomic_dir(tokenizer_dir) as tmp:
             build_tokenizer(tmp, spec)
     if not model_dir.is_dir():
-        print(f"[lambda_grpo.tiny_assets] building the tiny Qwen2 model -> {model_dir}", flush=True)
+        print(f"[lambda_grpo.tiny_assets] building the tiny Qwen2 model -> {model_dir}", file=sys.stderr, flush=True)
         with _atomic_dir(model_dir) as tmp:
             build_model(tmp, tokenizer_dir, spec)
     if not task_dir.is_dir():
-        print(f"[lambda_grpo.tiny_assets] writing the toy task -> {task_dir}", flush=True)
+        print(f"[lambda_grpo.tiny_assets] writing the toy task -> {task_dir}", file=sys.stderr, flush=True)
         with _atomic_dir(task_dir) as tmp:
             build_toy_task(tmp, spec)
     return TinyAssets(
@@ -387,6 +391,32 @@ def ensure_tiny_assets(cache_dir: str | os.PathLike | None = None, spec: TinySpe
         train_file=task_dir / "train.parquet",
         val_file=task_dir / "val.parquet",
     )
+
+
+RESOLVER = "lambda_grpo.tiny"
+"""OmegaConf resolver: `${lambda_grpo.tiny:model_dir}` → the path of that asset (generated if missing)."""
+
+
+def _resolve_tiny_asset(field: str) -> str:
+    paths = ensure_tiny_assets().as_dict()
+    if field not in paths:
+        raise ValueError(f"${{{RESOLVER}:{field}}}: unknown tiny asset {field!r}; expected one of {sorted(paths)}")
+    return paths[field]
+
+
+def register_resolver() -> None:
+    """Register the `lambda_grpo.tiny` OmegaConf resolver (idempotent; done when this module is imported).
+
+    configs/model_size/tiny_cpu.yaml names its paths through it, so the assets are generated on
+    first use, in whichever process resolves the config first (the launcher, in verl's
+    validate_config), and found in the cache by every later resolution (the TaskRunner's
+    `OmegaConf.resolve`). Every process that resolves the config must import this module: our
+    verl plugin does, at `import verl`.
+    """
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver(RESOLVER):
+        OmegaConf.register_new_resolver(RESOLVER, _resolve_tiny_asset)
 
 
 _FIRST_INTEGER = re.compile(r"-?\d+")
@@ -459,6 +489,8 @@ def _main(argv: list[str] | None = None) -> int:
     print(assets.as_dict()[args.field] if args.field else json.dumps(assets.as_dict(), indent=2))
     return 0
 
+
+register_resolver()
 
 if __name__ == "__main__":
     raise SystemExit(_main())

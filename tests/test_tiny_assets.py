@@ -224,6 +224,17 @@ def test_random_model_rewards_differ_within_groups(assets):
         assert max(spreads) > 1, (preference, groups)
 
 
+def test_config_resolver_names_the_cached_assets(assets, monkeypatch):
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    monkeypatch.setenv(tiny_assets.CACHE_ENV, str(assets.model_dir.parent))
+    cfg = OmegaConf.create({"model": "${lambda_grpo.tiny:model_dir}", "train": "${lambda_grpo.tiny:train_file}"})
+    assert (cfg.model, cfg.train) == (str(assets.model_dir), str(assets.train_file))
+    with pytest.raises(InterpolationResolutionError, match="unknown tiny asset 'weights'"):
+        OmegaConf.create({"x": "${lambda_grpo.tiny:weights}"}).x
+
+
 def test_cli_prints_paths(assets):
     result = subprocess.run(
         [sys.executable, "-m", "lambda_grpo.tiny_assets", "--cache-dir", str(assets.model_dir.parent), "--field", "model_dir"],
