@@ -61,6 +61,7 @@ def test_prepare_writes_verl_rows_and_reports_rejections_and_overlap(sources, tm
     assert "rejected row 2: field 'solution' has no complete, non-empty \\boxed{...}" in printed
     assert "rejected row 3: row is str, not an object" in printed
     assert "overlap: 1 math500 problems also in math_train" in printed
+    assert "train.parquet: 4 rows" in printed and "val.parquet: 3 rows" in printed
 
     rows = pq.read_table(out_dir / "math_train.parquet").to_pylist()
     assert pq.read_schema(out_dir / "math_train.parquet").equals(SCHEMA, check_metadata=False)
@@ -79,6 +80,11 @@ def test_prepare_writes_verl_rows_and_reports_rejections_and_overlap(sources, tm
     }
     assert [row["extra_info"]["source_index"] for row in rows] == [0, 1, 4]
     assert pq.read_table(out_dir / "aime24.parquet").to_pylist()[0]["reward_model"]["ground_truth"] == "2"
+    combined = pq.read_table(out_dir / "train.parquet").to_pylist()
+    assert [row["data_source"] for row in combined] == ["math_train"] * 3 + ["gsm8k_train"]
+    assert [row["extra_info"]["index"] for row in combined] == [0, 1, 2, 3]
+    validation = pq.read_table(out_dir / "val.parquet").to_pylist()
+    assert [row["data_source"] for row in validation] == ["math500", "math500", "aime24"]
 
     report = json.loads((out_dir / REPORT_NAME).read_text())
     by_name = {dataset["name"]: dataset for dataset in report["datasets"]}

@@ -85,6 +85,8 @@ def _print_summary(report: PrepareReport) -> None:
             print(f"    rejected row {rejected['source_index']}: {rejected['reason']}")
         if len(dataset.rejected) > SHOWN_REJECTIONS:
             print(f"    ... {len(dataset.rejected) - SHOWN_REJECTIONS} more in {REPORT_NAME}")
+    for name, rows in report.combined.items():
+        print(f"{name}: {rows} rows ({Path(report.out_dir) / name})")
     for overlap in report.overlaps:
         print(f"overlap: {overlap['count']} {overlap['eval']} problems also in {overlap['train']}")
     print(f"report: {Path(report.out_dir) / REPORT_NAME}")

@@ -1,7 +1,11 @@
 """Prepare training and evaluation sets: read, map, check overlap, optionally decontaminate, write, report.
 
 Outputs in `out_dir` (each written atomically; the same inputs give byte-identical files):
-    <name>.parquet          one file per dataset, rows in source order (verl's schema, see `rows`)
+    <name>.parquet          one file per dataset, rows in source order (verl's schema, see `rows`): the
+                            evaluation reads these
+    train.parquet           the training sets concatenated in the order given (data.train_files)
+    val.parquet             the evaluation sets concatenated in the order given (data.val_files: verl reports
+                            validation accuracy per data_source, i.e. per benchmark)
     prepare_report.json     per dataset: source, rows read/written, every rejected row (source index, reason);
                             every train/eval overlap (rows named by source index); rows dropped by decontamination
 """
@@ -22,6 +26,8 @@ from lambda_grpo.data.sources import read_rows
 from lambda_grpo.data.specs import spec_for
 
 REPORT_NAME = "prepare_report.json"
+COMBINED = {"train": "train.parquet", "eval": "val.parquet"}
+"""File name of the concatenation of all datasets of a role."""
 
 
 @dataclass
@@ -40,6 +46,7 @@ class DatasetReport:
 class PrepareReport:
     out_dir: str
     datasets: list[DatasetReport] = field(default_factory=list)
+    combined: dict[str, int] = field(default_factory=dict)  # combined file -> rows
     overlaps: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -124,6 +131,11 @@ def prepare(
                 dropped_as_overlap=dropped.get(name, 0),
             )
         )
+    for role, mapped_sets in (("train", mapped_train), ("eval", mapped_evals)):
+        if mapped_sets:
+            rows = [row for mapped in mapped_sets.values() for row in mapped.rows]
+            write_parquet(rows, out_dir / COMBINED[role])
+            report.combined[COMBINED[role]] = len(rows)
     report.overlaps = report_overlaps
     _write_text_atomically(out_dir / REPORT_NAME, report.to_json())
     return report
