@@ -34,3 +34,4 @@ test-fast:
 
 bench:
 	$(BIN)/python benchmarks/loss_overhead.py
+	$(BIN)/python benchmarks/reward_throughput.py
