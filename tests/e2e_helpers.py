@@ -54,13 +54,15 @@ PLUGIN_MODULES = "lambda_grpo.cpu_platform,lambda_grpo.tiny_assets"
 
 @dataclasses.dataclass
 class RunResult:
-    """What a run left: exit code, wall time, log file, phase times (s since start), per-step metrics."""
+    """What a run left: exit code, wall time, log file, phase times (s since start), per-step metrics,
+    and the peak summed RSS of its processes (GiB; shared pages counted once per process)."""
 
     returncode: int
     wall_s: float
     log_path: Path
     phases: dict[str, float]
     metrics: list[dict]
+    peak_rss_gib: float
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -119,7 +121,8 @@ def run_logged(
         reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
         reader.start()
         timed_out = False
-        last_output = time.monotonic()
+        last_output = last_sample = time.monotonic()
+        peak_rss = 0
         try:
             while True:
                 try:
@@ -134,6 +137,9 @@ def run_logged(
                     last_output = time.monotonic()
                     _record(line.rstrip("\n"), time.monotonic() - start, log, phases)
                 _collect_descendants(proc.pid, seen)
+                if time.monotonic() - last_sample > 2:
+                    last_sample = time.monotonic()
+                    peak_rss = max(peak_rss, _total_rss([proc.pid, *seen]))
                 if time.monotonic() - start > timeout_s:
                     timed_out = True
                     log.write(f"\n[e2e] TIMEOUT after {timeout_s:.0f} s: killing the run\n")
@@ -144,9 +150,15 @@ def run_logged(
             log.write(f"[e2e] cleaned up {killed} processes\n")
     wall = time.monotonic() - start
     returncode = -9 if timed_out else proc.returncode
-    print(f"[e2e] exit {returncode} after {wall:.0f} s; phases (s): {json.dumps(phases)}", flush=True)
+    peak_rss_gib = round(peak_rss / 2**30, 1)
+    print(
+        f"[e2e] exit {returncode} after {wall:.0f} s, peak RSS {peak_rss_gib} GiB; phases (s): {json.dumps(phases)}",
+        flush=True,
+    )
     metrics = read_metrics(metrics_path) if metrics_path is not None and metrics_path.exists() else []
-    return RunResult(returncode=returncode, wall_s=wall, log_path=log_path, phases=phases, metrics=metrics)
+    return RunResult(
+        returncode=returncode, wall_s=wall, log_path=log_path, phases=phases, metrics=metrics, peak_rss_gib=peak_rss_gib
+    )
 
 
 def _pump(stream, lines: queue.Queue) -> None:
@@ -170,6 +182,16 @@ def _collect_descendants(pid: int, seen: dict[int, psutil.Process]) -> None:
             seen.setdefault(child.pid, child)
     except psutil.NoSuchProcess:
         pass
+
+
+def _total_rss(pids: Iterable[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            pass
+    return total
 
 
 def read_metrics(path: Path) -> list[dict]:

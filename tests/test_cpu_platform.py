@@ -38,6 +38,10 @@ def restore_process_state(monkeypatch):
     original_init = distributed.initialize_global_process_group_ray
     environ = dict(os.environ)
     monkeypatch.setattr(platform_manager, "_current_platform", None)
+    gemm = sys.modules.get(cpu_platform.VLLM_GEMM_DISPATCH_MODULE)  # if another test loaded vLLM here
+    if gemm is not None:
+        monkeypatch.setattr(gemm.ops, "_supports_onednn", gemm.ops._supports_onednn)
+        monkeypatch.setattr(gemm, "check_cpu_sgl_kernel", gemm.check_cpu_sgl_kernel)
     yield
     sys.meta_path[:] = meta_path
     distributed.initialize_global_process_group_ray = original_init
@@ -201,6 +205,17 @@ def test_vllm_weight_packing_is_turned_off_when_the_module_loads(restore_process
     monkeypatch.delitem(sys.modules, "fake_vllm_gemm")
 
 
+def test_fsdp2_offload_policy_is_built_unpinned():
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    engine = types.SimpleNamespace(CPUOffloadPolicy=CPUOffloadPolicy)  # stands in for verl's FSDP engine module
+    cpu_platform._never_pin_fsdp2_offload(engine)
+    cpu_platform._never_pin_fsdp2_offload(engine)  # idempotent: no subclass of the subclass
+    policy = engine.CPUOffloadPolicy(pin_memory=True)  # what verl builds for forward-only (ref) models
+    assert isinstance(policy, CPUOffloadPolicy) and policy.pin_memory is False
+    assert engine.CPUOffloadPolicy.__mro__[1] is CPUOffloadPolicy
+
+
 WORKER_CHECK = textwrap.dedent(
     """
     import json, os, sys, torch
@@ -213,12 +228,26 @@ WORKER_CHECK = textwrap.dedent(
     from vllm.model_executor.layers import utils as gemm
     from vllm.model_executor.layers.linear import UnquantizedLinearMethod
 
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    import verl.workers.engine.fsdp.transformer_impl as fsdp_engine
+
     layer = torch.nn.Module()
     layer.weight = torch.nn.Parameter(torch.randn(64, 64), requires_grad=False)
     weight = layer.weight
     UnquantizedLinearMethod().process_weights_after_loading(layer)  # vLLM's post-load packing step
     x = torch.randn(3, 64)
+
+    # The trainer's process group, then FSDP2 with the offload policy verl gives the ref model.
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1")
+    distributed.initialize_global_process_group_ray()
+    ref = torch.nn.Linear(8, 8)
+    fully_shard(ref, mesh=init_device_mesh("cpu", (1,)), offload_policy=fsdp_engine.CPUOffloadPolicy(pin_memory=True))
+    ref_ok = ref(torch.randn(2, 8)).shape == (2, 8)
+    backend = torch.distributed.get_backend()
+    torch.distributed.destroy_process_group()
     print(json.dumps({
+        "process_group": backend, "fsdp2_ref_offload_ok": ref_ok,
         "device": get_device_name(), "backend": get_nccl_backend(),
         "torch_device_module_name": get_torch_device().get_device_name(),
         "engine_is_fsdp": EngineRegistry.get_engine_cls("language_model", "fsdp2") is FSDPEngineWithLMHead,
@@ -235,11 +264,13 @@ def test_a_cpu_run_worker_process_gets_every_workaround():
     """Fresh interpreter with the CPU env, importing verl the way Ray workers do (~25 s: verl, vLLM)."""
     env = {**os.environ, **cpu_runtime_env(), "VERL_USE_EXTERNAL_MODULES": "lambda_grpo.cpu_platform"}
     result = subprocess.run(
-        [sys.executable, "-c", WORKER_CHECK], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", WORKER_CHECK, str(_free_port())], env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     facts = json.loads(result.stdout.strip().splitlines()[-1])
     assert facts == {
+        "process_group": "gloo",
+        "fsdp2_ref_offload_ok": True,
         "device": "cpu",
         "backend": "gloo",
         "torch_device_module_name": "CPU",
@@ -256,6 +287,8 @@ def test_platform_and_tiny_groups_compose_on_verl_main_ppo_and_validate(tmp_path
     from hydra import compose, initialize_config_dir
     from verl.trainer import config as verl_config
     from verl.utils.config import validate_config
+
+    import lambda_grpo.tiny_assets  # noqa: F401  (registers ${lambda_grpo.tiny:...}, as our plugin does)
 
     monkeypatch.setenv("LAMBDA_GRPO_CACHE", str(tmp_path))
     overrides = ["hydra.searchpath=[pkg://lambda_grpo.configs]", "+platform=cpu", "+model_size=tiny_cpu"]
