@@ -21,6 +21,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lambda_grpo import VERL_VERSION
+from lambda_grpo import tiny_assets  # noqa: F401  (registers the ${lambda_grpo.tiny:...} resolver of tiny_cpu)
 from lambda_grpo.learnable_lambda import LambdaOptions
 from lambda_grpo.weights import OptionError, WeightOptions
 

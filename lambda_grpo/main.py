@@ -13,7 +13,9 @@ with it the job joins that cluster.
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -40,6 +42,7 @@ def run(cfg: DictConfig) -> None:
     """Train with a validated config: verl's run_ppo with the λ-GRPO TaskRunner."""
     _require_loss_registered()
     _activate_platform(cfg)
+    _log_metrics_beside_checkpoints(cfg)
     from verl.trainer.main_ppo import run_ppo
 
     from lambda_grpo.trainer import LambdaGRPOTaskRunner
@@ -58,6 +61,27 @@ def _require_loss_registered() -> None:
             "point did not load. Reinstall lambda_grpo (pip install -e .) and run `python -c 'import lambda_grpo.plugin'` "
             "to see the import error."
         )
+
+
+def _log_metrics_beside_checkpoints(cfg: DictConfig) -> None:
+    """Point verl's `file` logger at <checkpoint dir>/metrics/<start time>.jsonl (unless the user chose).
+
+    verl's default is <cwd>/<project_name>/<experiment>.jsonl, which lands inside this package's folder
+    when run from a checkout, and its logger truncates the file on every start, so a resumed run would
+    erase the history of the first: each start gets its own file, next to the checkpoints it resumes.
+    """
+    loggers = cfg.trainer.logger
+    loggers = [loggers] if isinstance(loggers, str) else list(loggers)
+    env_vars = cfg.ray_kwargs.ray_init.runtime_env.env_vars
+    chosen = ("VERL_FILE_LOGGER_PATH", "VERL_FILE_LOGGER_ROOT")
+    if "file" not in loggers or any(key in os.environ or key in env_vars for key in chosen):
+        return
+    folder = os.path.join(os.path.abspath(os.path.expanduser(cfg.trainer.default_local_dir)), "metrics")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + ".jsonl")
+    with open_dict(cfg):
+        env_vars.VERL_FILE_LOGGER_PATH = path
+    print(f"[lambda_grpo] metrics (verl file logger): {path}")
 
 
 def _activate_platform(cfg: DictConfig) -> None:

@@ -1,10 +1,16 @@
 """verl plugin entry point (setuptools group `verl.plugins`, see pyproject.toml).
 
 verl imports every `verl.plugins` entry point at the end of `import verl`, in every process that imports
-it: the launcher, the TaskRunner and each Ray worker. Importing this module registers the `lambda_grpo`
-policy loss in verl's registry. verl swallows entry-point import errors (logged at DEBUG), so our entry
-point also asserts the registration (`python -m lambda_grpo.main` checks it before starting Ray) and the
-runtime environment sets VERL_USE_EXTERNAL_MODULES=lambda_grpo.plugin, which makes errors loud.
+it: the launcher, the TaskRunner and each Ray worker. Importing this module
+
+- registers the `lambda_grpo` policy loss in verl's registry (lambda_grpo.loss);
+- registers the "cpu" platform in verl's platform registry; it is selected, and its process hooks
+  installed, only where VERL_PLATFORM=cpu (lambda_grpo.cpu_platform);
+- registers the `${lambda_grpo.tiny:...}` config resolver of model_size=tiny_cpu (lambda_grpo.tiny_assets).
+
+verl swallows entry-point import errors (logged at DEBUG), so `python -m lambda_grpo.main` asserts the
+registration before starting Ray, and the runtime environment sets
+VERL_USE_EXTERNAL_MODULES=lambda_grpo.plugin, which makes errors loud.
 """
 
-from lambda_grpo import loss  # noqa: F401  (registers "lambda_grpo" in verl's POLICY_LOSS_REGISTRY)
+from lambda_grpo import cpu_platform, loss, tiny_assets  # noqa: F401  (registration on import)

@@ -87,9 +87,9 @@ class LambdaGRPOTrainer(PPOTrainerSync):
 
         batch = super()._compute_advantage(batch, metrics)
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "response_mask"])
-        uids = list(data["uid"].tolist())
+        data = data.to_padded_tensor()  # as verl's _compute_advantage reads the same fields
+        uids = list(data.pop("uid").tolist())
         response_mask = data["response_mask"]
-        response_mask = response_mask.to_padded_tensor(0) if response_mask.is_nested else response_mask
         fields = group_fields(uids, response_mask, min_width=int(self.config.actor_rollout_ref.rollout.n))
         batch = tq.kv_batch_put(
             keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(fields, batch_size=len(uids))
