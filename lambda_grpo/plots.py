@@ -1,14 +1,14 @@
 """python -m lambda_grpo.plots: training curves of one or several runs, one PNG per quantity, one line per run.
 
     python -m lambda_grpo.plots --out-dir plots \\
-        --run lambda_grpo=lambda_grpo/lambda_grpo-qwen2_5_7b.jsonl --run grpo=lambda_grpo/grpo-qwen2_5_7b.jsonl
+        --run λ-GRPO=checkpoints/lambda_grpo/lambda_grpo-qwen2_5_7b/metrics \\
+        --run GRPO=checkpoints/lambda_grpo/grpo-qwen2_5_7b/metrics
 
 Inputs (a run is NAME=PATH[,PATH...]; several paths are merged, later files winning on repeated steps):
-  - verl's `file` logger output (our configs enable it: trainer.logger=[console,file]): a JSONL file of
-    {"step": N, "data": {metric: value}} lines, written to $VERL_FILE_LOGGER_PATH if set, else to
-    $VERL_FILE_LOGGER_ROOT/<trainer.project_name>/<trainer.experiment_name>.jsonl (root: the trainer's working
-    directory). verl reopens that file with "wb" on every start, so a resumed run overwrites it: point each
-    attempt to its own VERL_FILE_LOGGER_PATH and list the files in order.
+  - verl's `file` logger output (our configs enable it: trainer.logger=[console,file]): JSONL files of
+    {"step": N, "data": {metric: value}} lines. `python -m lambda_grpo.main` writes one per start into
+    <trainer.default_local_dir>/metrics/<start time>.jsonl (verl truncates its file on every start), so a
+    run is that folder; an explicit $VERL_FILE_LOGGER_PATH names a single file instead.
   - verl's `tensorboard` logger output: a directory holding events.out.tfevents.* files ($TENSORBOARD_DIR, else
     tensorboard_log/<project_name>/<experiment_name>).
 
@@ -76,13 +76,16 @@ def _read_tensorboard(directory: Path) -> Iterable[tuple[int, str, float]]:
 
 
 def read_run(paths: Iterable[Path]) -> Series:
-    """All scalar metrics of one run from verl file-logger JSONL files and/or tensorboard directories.
+    """All scalar metrics of one run from verl file-logger JSONL files, folders of them (read in name order:
+    `python -m lambda_grpo.main` names each start's file by its start time) and/or tensorboard directories.
 
     Later paths (and later lines) win when a step repeats, as after a resume.
     """
     values: dict[str, dict[int, float]] = {}
     for path in paths:
-        if path.is_dir():
+        if path.is_dir() and any(path.glob("*.jsonl")):  # a metrics folder: one file per start, in time order
+            records = (record for log in sorted(path.glob("*.jsonl")) for record in _read_file_logger(log))
+        elif path.is_dir():
             records = _read_tensorboard(path)
         elif path.is_file():
             records = _read_file_logger(path)

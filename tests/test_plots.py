@@ -95,6 +95,16 @@ def test_resumed_run_files_merge_with_the_later_file_winning(tmp_path):
     assert read_run([first, second])["actor/lambda"] == [(1, 0.1), (2, 0.25), (3, 0.3)]
 
 
+def test_a_metrics_folder_is_its_files_in_start_time_order(tmp_path):
+    """`python -m lambda_grpo.main` logs each start to <checkpoint dir>/metrics/<start time>.jsonl."""
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    (folder / "20261126-101500.jsonl").write_text('{"step": 4, "data": {"actor/lambda": 0.4}}\n')
+    (folder / "20261126-090000.jsonl").write_text(
+        '{"step": 3, "data": {"actor/lambda": 0.3}}\n{"step": 4, "data": {"actor/lambda": -1.0}}\n')
+    assert read_run([folder])["actor/lambda"] == [(3, 0.3), (4, 0.4)]
+
+
 def test_bad_inputs_are_named(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"step": 1, "data": {}}\n{"oops": 1}\n')
@@ -102,5 +112,7 @@ def test_bad_inputs_are_named(tmp_path):
         read_run([bad])
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         read_run([tmp_path / "missing.jsonl"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
     with pytest.raises(ValueError, match="no events.out.tfevents"):
-        read_run([tmp_path])
+        read_run([empty])
