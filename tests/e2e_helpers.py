@@ -4,9 +4,8 @@
 file, echoes progress lines (steps, phase markers, errors) to stdout as they come, records when each
 phase marker first appeared, and on timeout or exit kills every process the run left (Ray's GCS,
 raylet and workers, vLLM's engine processes) by PID. `read_metrics` parses verl's `file` logger
-(one JSON object per step). `cpu_run_env` / `runtime_env_overrides` / `verl_main_ppo_command` build
-a CPU run of `python -m verl.trainer.main_ppo` with our `platform=cpu` and `model_size=tiny_cpu`
-config groups and the CPU platform loaded through lambda_grpo; `run_verl_main_ppo` does all of it.
+(one JSON object per step). `run_lambda_grpo` runs `python -m lambda_grpo.main model_size=tiny_cpu` on
+this CPU machine with all of it.
 
 Importable from tests as `import e2e_helpers` (pyproject's pytest `pythonpath` includes tests/).
 """
@@ -20,7 +19,6 @@ import os
 import queue
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,22 +45,17 @@ _ECHO = re.compile(
     + "|".join(re.escape(marker) for marker in PHASE_MARKERS.values())
 )
 
-PLUGIN_MODULES = "lambda_grpo.cpu_platform,lambda_grpo.tiny_assets"
-"""Imported by verl (VERL_USE_EXTERNAL_MODULES) in every process: registers the CPU platform and the
-`lambda_grpo.tiny` config resolver, loudly (entry-point errors are swallowed by verl)."""
-
-
 @dataclasses.dataclass
 class RunResult:
-    """What a run left: exit code, wall time, log file, phase times (s since start), per-step metrics,
-    and the peak summed RSS of its processes (GiB; shared pages counted once per process)."""
+    """What a run left: exit code, wall time, log file, phase times (s since start), the peak summed RSS
+    of its processes (GiB; shared pages counted once per process) and its per-step metrics."""
 
     returncode: int
     wall_s: float
     log_path: Path
     phases: dict[str, float]
-    metrics: list[dict]
     peak_rss_gib: float
+    metrics: list[dict] = dataclasses.field(default_factory=list)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -93,7 +86,6 @@ def run_logged(
     cwd: Path,
     log_path: Path,
     timeout_s: float,
-    metrics_path: Path | None = None,
 ) -> RunResult:
     """Run `cmd`; tee output to `log_path`; echo progress; kill what is left at the end or on timeout.
 
@@ -155,10 +147,7 @@ def run_logged(
         f"[e2e] exit {returncode} after {wall:.0f} s, peak RSS {peak_rss_gib} GiB; phases (s): {json.dumps(phases)}",
         flush=True,
     )
-    metrics = read_metrics(metrics_path) if metrics_path is not None and metrics_path.exists() else []
-    return RunResult(
-        returncode=returncode, wall_s=wall, log_path=log_path, phases=phases, metrics=metrics, peak_rss_gib=peak_rss_gib
-    )
+    return RunResult(returncode=returncode, wall_s=wall, log_path=log_path, phases=phases, peak_rss_gib=peak_rss_gib)
 
 
 def _pump(stream, lines: queue.Queue) -> None:
@@ -208,20 +197,18 @@ def is_finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def run_lambda_grpo(workdir: Path, overrides: Sequence[str], cache_dir: Path, timeout_s: float = 600) -> RunResult:
+    """`python -m lambda_grpo.main model_size=tiny_cpu <overrides>` in `workdir`, as a user runs it.
 
-
-def cpu_run_env(cache_dir: Path, metrics_path: Path) -> dict[str, str]:
-    """The subprocess environment: ours plus the CPU platform's, offline, metrics to `metrics_path`."""
-    from lambda_grpo.cpu_platform import cpu_runtime_env
-
-    return {
+    Outputs land where the entry point puts them: checkpoints (and the per-start metrics files of verl's
+    `file` logger, `<checkpoint dir>/metrics/*.jsonl`) under `workdir/checkpoints/`. The returned metrics
+    are those of this start only. The tiny assets are built once into `cache_dir` and reused. Ray's temp
+    dir is a short fresh folder under /tmp (its unix-socket paths must stay under 107 bytes).
+    """
+    ray_temp_dir = Path(tempfile.mkdtemp(prefix="lambda-grpo-ray-", dir="/tmp"))
+    env = {
         **os.environ,
-        **cpu_runtime_env(),
-        **run_specific_env(cache_dir, metrics_path),
+        "LAMBDA_GRPO_CACHE": str(cache_dir),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
@@ -229,63 +216,14 @@ def cpu_run_env(cache_dir: Path, metrics_path: Path) -> dict[str, str]:
         # listen on loopback only (the variable's name is Ray's; it is not specific to Windows/OSX).
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }
-
-
-def run_specific_env(cache_dir: Path, metrics_path: Path) -> dict[str, str]:
-    """Env every process of this run needs besides the platform's (also sent through runtime_env)."""
-    return {
-        "VERL_USE_EXTERNAL_MODULES": PLUGIN_MODULES,
-        "LAMBDA_GRPO_CACHE": str(cache_dir),
-        "VERL_FILE_LOGGER_PATH": str(metrics_path),
-    }
-
-
-def runtime_env_overrides(env: Mapping[str, str]) -> list[str]:
-    """Hydra overrides adding `env` to ray_kwargs.ray_init.runtime_env.env_vars (values quoted as strings)."""
-    quoted = {key: "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'" for key, value in env.items()}
-    return [f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}={value}" for key, value in quoted.items()]
-
-
-def verl_main_ppo_command(ray_temp_dir: Path, runtime_env: Mapping[str, str], overrides: Sequence[str]) -> list[str]:
-    """`python -m verl.trainer.main_ppo` with GRPO, our platform=cpu and model_size=tiny_cpu groups."""
-    return [
-        sys.executable,
-        "-m",
-        "verl.trainer.main_ppo",
-        "hydra.searchpath=[pkg://lambda_grpo.configs]",
-        "+platform=cpu",
-        "+model_size=tiny_cpu",
-        "algorithm.adv_estimator=grpo",
-        "trainer.logger=[console,file]",
-        "trainer.project_name=lambda_grpo_e2e",
-        "trainer.experiment_name=tiny_cpu",
-        f"+ray_kwargs.ray_init._temp_dir={ray_temp_dir}",
-        f"+ray_kwargs.ray_init.dashboard_port={free_port()}",
-        *runtime_env_overrides(runtime_env),
-        *overrides,
-    ]
-
-
-def run_verl_main_ppo(workdir: Path, overrides: Sequence[str], timeout_s: float = 600) -> RunResult:
-    """Run verl's main_ppo on CPU in `workdir` (its outputs, checkpoints, log and metrics go there).
-
-    Ray's temp dir is a short fresh directory under /tmp (Ray's unix-socket paths must stay under
-    107 bytes, which pytest's tmp_path can exceed) and is removed afterwards.
-    """
-    from lambda_grpo.cpu_platform import cpu_runtime_env
-
-    cache_dir = workdir / "tiny_cache"
-    metrics_path = workdir / "metrics.jsonl"
-    ray_temp_dir = Path(tempfile.mkdtemp(prefix="lambda-grpo-ray-", dir="/tmp"))
+    command = [sys.executable, "-m", "lambda_grpo.main", "model_size=tiny_cpu",
+               f"+ray_kwargs.ray_init._temp_dir={ray_temp_dir}", *overrides]
+    before = set(workdir.glob("checkpoints/*/*/metrics/*.jsonl"))
     try:
-        runtime_env = {**cpu_runtime_env(), **run_specific_env(cache_dir, metrics_path)}
-        return run_logged(
-            verl_main_ppo_command(ray_temp_dir, runtime_env, overrides),
-            env=cpu_run_env(cache_dir, metrics_path),
-            cwd=workdir,
-            log_path=workdir / "run.log",
-            timeout_s=timeout_s,
-            metrics_path=metrics_path,
-        )
+        run = run_logged(command, env=env, cwd=workdir, log_path=workdir / f"run{len(before)}.log",
+                         timeout_s=timeout_s)
     finally:
         shutil.rmtree(ray_temp_dir, ignore_errors=True)
+    new_files = sorted(set(workdir.glob("checkpoints/*/*/metrics/*.jsonl")) - before)
+    run.metrics = read_metrics(new_files[-1]) if new_files else []
+    return run
