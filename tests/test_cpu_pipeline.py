@@ -93,7 +93,8 @@ def test_dapo_is_lambda_grpo_with_lambda_fixed_at_zero(tmp_path, tiny_cache):
     (dapo_row,), (fixed_row,) = dapo.metrics, fixed.metrics
     assert not {"actor/lambda", "actor/lambda_grad"} & set(dapo_row)
     assert fixed_row["actor/lambda"] == 0.0
-    assert dapo_row["critic/score/mean"] == fixed_row["critic/score/mean"]  # the same rollouts
+    # The same rollouts (seeded sampling); float32 means over threads may differ in the last bit.
     assert dapo_row["response_length/mean"] == fixed_row["response_length/mean"]
+    assert dapo_row["critic/score/mean"] == pytest.approx(fixed_row["critic/score/mean"], rel=1e-6)
     assert dapo_row["actor/pg_loss"] == pytest.approx(fixed_row["actor/pg_loss"], rel=1e-6, abs=1e-9)
     assert dapo_row["actor/pg_loss"] != 0
