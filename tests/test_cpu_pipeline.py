@@ -17,6 +17,17 @@ from e2e_helpers import is_finite_number, run_lambda_grpo
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 CHECKPOINTS = "checkpoints/lambda_grpo/lambda_grpo-tiny_cpu"
+TOKEN_BUDGET = 96  # tokens per micro-batch: 2-3 sequences of ~40 tokens
+SPLIT_GROUPS = (
+    "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+    "actor_rollout_ref.actor.ppo_epochs=2",
+    "actor_rollout_ref.actor.use_dynamic_bsz=true",
+    f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={TOKEN_BUDGET}",
+    "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=true",
+    f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={TOKEN_BUDGET}",
+    "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=true",
+    f"actor_rollout_ref.ref.log_prob_max_token_len_per_gpu={TOKEN_BUDGET}",
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +77,15 @@ def test_lambda_grpo_trains_checkpoints_and_resumes(tmp_path, tiny_cache):
     assert optimizer_state["lambda_grpo"]["updates"] == 3
     assert json.loads((step3 / "lambda_grpo.json").read_text())["lambda"] == lambdas[-1]
 
-    second, log = run(tmp_path, tiny_cache, "algo=lambda_grpo", prefer("long"), "trainer.total_training_steps=4")
+    # Resume for one more step, now with groups split over 2 mini-batches × 2 epochs and token-budget
+    # micro-batches: 4 optimizer steps, each a share of a group's responses.
+    second, log = run(tmp_path, tiny_cache, "algo=lambda_grpo", prefer("long"), "trainer.total_training_steps=4",
+                      *SPLIT_GROUPS)
     assert [row["step"] for row in second.metrics] == [4]
     assert f"[lambda_grpo] λ = {lambdas[-1]:.6g} at step 3" in log  # resumed with the saved λ
     step4 = json.loads((tmp_path / CHECKPOINTS / "global_step_4" / "lambda_grpo.json").read_text())
-    assert step4["updates"] == 4 and step4["lambda"] == second.metrics[0]["actor/lambda"]
-    assert abs(step4["lambda"] - lambdas[-1]) <= 0.01 * 1.001  # one Adam step of lr 0.01 from the saved λ
+    assert step4["updates"] == 3 + 4 and step4["lambda"] == second.metrics[0]["actor/lambda"]
+    assert 0 < abs(step4["lambda"] - lambdas[-1]) <= 4 * 0.01 * 1.001  # 4 Adam steps of lr 0.01 from the saved λ
 
 
 def test_lambda_moves_towards_short_responses_when_they_are_rewarded(tmp_path, tiny_cache):
