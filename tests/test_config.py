@@ -85,9 +85,15 @@ def test_global_group_files_set_disjoint_keys():
 def test_configs_are_shipped_in_the_package_and_the_wheel(tmp_path):
     shipped = importlib.resources.files("lambda_grpo.configs")
     assert (shipped / "lambda_grpo.yaml").is_file() and (shipped / "algo" / "lambda_grpo.yaml").is_file()
-    root = Path(__file__).resolve().parents[1]
+    import shutil
+
+    root, source = Path(__file__).resolve().parents[1], tmp_path / "source"  # setuptools writes build/ in the source
+    for folder in ("lambda_grpo", "configs"):
+        shutil.copytree(root / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for file in ("pyproject.toml", "README.md"):
+        shutil.copy(root / file, source / file)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(root)], check=True, capture_output=True)
+                    str(tmp_path), str(source)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("lambda_grpo-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"lambda_grpo/configs/{p.relative_to(CONFIG_DIR)}" for p in CONFIG_DIR.rglob("*.yaml")}
