@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 from pprint import pprint
 from typing import Any
@@ -41,8 +40,6 @@ from lambda_grpo.group_fields import GROUP_LENGTHS_KEY, POSITION_KEY, group_fiel
 from lambda_grpo.learnable_lambda import active_lambda_optimizer
 from lambda_grpo.weight_stats import weight_diagnostics
 from lambda_grpo.weights import weights_from_group_lengths
-
-logger = logging.getLogger(__name__)
 
 ACTOR_ROLES = (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor)
 

@@ -4,8 +4,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 
 def run_main(*overrides, cwd):
     start = time.monotonic()

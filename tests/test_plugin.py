@@ -32,7 +32,7 @@ def test_ray_worker_process_resolves_the_loss():
     try:
         @ray.remote
         def resolve() -> tuple[str, int]:
-            import verl
+            import verl  # noqa: F401  (loads the verl.plugins entry points, as every worker does)
             from verl.trainer.ppo.core_algos import get_policy_loss_fn
 
             return get_policy_loss_fn("lambda_grpo").__module__, os.getpid()
