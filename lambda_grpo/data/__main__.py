@@ -42,22 +42,15 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     prepare_parser.add_argument("--out-dir", type=Path, required=True, help="output directory (created; required)")
-    prepare_parser.add_argument(
-        "--train",
-        type=_named_source,
-        action="append",
-        default=[],
-        metavar="NAME=SOURCE",
-        help="a training set, repeatable; NAME in: " + ", ".join(n for n, s in SPECS.items() if s.role == "train"),
-    )
-    prepare_parser.add_argument(
-        "--eval",
-        type=_named_source,
-        action="append",
-        default=[],
-        metavar="NAME=SOURCE",
-        help="an evaluation set, repeatable; NAME in: " + ", ".join(n for n, s in SPECS.items() if s.role == "eval"),
-    )
+    for role, what in (("train", "a training set"), ("eval", "an evaluation set")):
+        prepare_parser.add_argument(
+            f"--{role}",
+            type=_named_source,
+            action="append",
+            default=[],
+            metavar="NAME=SOURCE",
+            help=f"{what}, repeatable; NAME in: " + ", ".join(n for n, s in SPECS.items() if s.role == role),
+        )
     prepare_parser.add_argument(
         "--decontaminate",
         action="store_true",
