@@ -1,5 +1,5 @@
 """The model sizes: the one-GPU smoke size is the tiny CPU run on the GPU platform, and every size stops rollouts
-at the end of the chat turn."""
+at the end of the chat turn, keeps a bounded number of checkpoints and sizes its log-prob pass as verl tests it."""
 
 from pathlib import Path
 
@@ -92,3 +92,18 @@ def test_every_size_stops_rollouts_at_the_end_of_the_turn(size, tiny_cache):
     loop = cfg.actor_rollout_ref.rollout.agent.default_agent_loop
     assert loop == ("seeded_chat_turn_agent" if size.startswith("tiny") else "chat_turn_agent")
     assert cfg.actor_rollout_ref.model.external_lib == "lambda_grpo.agent_loop"  # registers both in the workers
+
+
+@pytest.mark.parametrize("size", QWEN_SIZES)
+def test_log_prob_pass_is_within_verls_tested_budgets_with_chunked_entropy(size):
+    cfg = compose([f"model_size={size}"])
+    for role in ("rollout", "ref"):
+        assert 24_576 <= cfg.actor_rollout_ref[role].log_prob_max_token_len_per_gpu <= 30_720, role
+    assert cfg.actor_rollout_ref.actor.entropy_from_logits_with_chunking is True
+    assert cfg.actor_rollout_ref.actor.use_dynamic_bsz and cfg.actor_rollout_ref.rollout.log_prob_use_dynamic_bsz
+
+
+@pytest.mark.parametrize("size", [*QWEN_SIZES, "tiny_cpu", "tiny_gpu"])
+def test_checkpoint_retention_keeps_what_evaluation_and_resume_read(size, tiny_cache):
+    """The evaluation reads the latest checkpoint, a resume falls back to the one before: 2 are kept."""
+    assert compose([f"model_size={size}"]).trainer.max_actor_ckpt_to_keep == 2
