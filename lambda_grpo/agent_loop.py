@@ -10,9 +10,9 @@ answer to the length limit. Two loops, registered with verl's agent-loop registr
   validation alike. verl's vLLM server passes the sampling params through to `vllm.SamplingParams`, and vLLM
   adds the generation config's EOS ids itself. The stop token stays the response's last token (in the
   response mask, counted in its length), as EOS does.
-- `seeded_chat_turn_agent` (model_size=tiny_cpu): the same, plus a sampling seed of its own for every response.
-  verl's loop leaves vLLM's sampler unseeded: all requests draw from one engine-wide random stream, so which
-  draws a response gets depends on how the server batched and ordered the requests. Its
+- `seeded_chat_turn_agent` (model_size=tiny_cpu and tiny_gpu): the same, plus a sampling seed of its own for
+  every response. verl's loop leaves vLLM's sampler unseeded: all requests draw from one engine-wide random
+  stream, so which draws a response gets depends on how the server batched and ordered the requests. Its
   `rollout.full_determinism` instead gives every request the same seed, which makes the n responses to one
   prompt identical. This loop seeds response k of the prompt at dataset index i with
 
