@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lambda_grpo.reward import REASONS, VERL_INFRASTRUCTURE_KWARGS, compute_score
+from lambda_grpo import reward
+from lambda_grpo.reward import MAX_INPUT_CHARS, REASONS, VERL_INFRASTRUCTURE_KWARGS, compute_score
+from lambda_grpo.reward.workers import MARGIN_S
 
 CASES_FILE = Path(__file__).with_name("reward_cases.jsonl")
 CASES = [json.loads(line) for line in CASES_FILE.read_text().splitlines()]
@@ -47,18 +49,79 @@ def test_fast_path_settles_the_common_cases():
         assert verifiers[case_id] == "math_verify"
 
 
-@pytest.mark.parametrize("case", PATHOLOGICAL_CASES, ids=[case["id"] for case in PATHOLOGICAL_CASES])
-def test_pathological_input_returns_within_the_timeout(case):
-    compute_score("x", r"\boxed{1} or \boxed{1}", "1")  # two boxes, not cacheable: this leaves a live worker
-    timeout_s = 1.0
+@pytest.fixture()
+def fresh_pool(monkeypatch):
+    """compute_score's pool as a fresh process would have it: no worker started yet (closed afterwards)."""
+    monkeypatch.setattr(reward, "_pool", None)
+    yield
+    reward.shared_pool().close()
+
+
+def _timed_score(solution, ground_truth, timeout_s):
     start = time.perf_counter()
-    result = compute_score("x", case["response"], case["ground_truth"], timeout_s=timeout_s)
-    elapsed = time.perf_counter() - start
-    assert elapsed < timeout_s + 0.5
+    result = compute_score("x", solution, ground_truth, timeout_s=timeout_s)
+    return result, time.perf_counter() - start
+
+
+# Responses that hold the verifier for seconds to minutes: math-verify's extraction patterns, which the fast path
+# runs too, are quadratic on them (the first took 27 s in the caller's process before the fast path moved into
+# the workers, whatever timeout_s was).
+SLOW_TO_EXTRACT = {"ones": "1 " * 40_000, "open_brackets": "\\[" * 20_000, "lines_of_digits": "1\n" * 40_000}
+
+
+@pytest.mark.parametrize("case", PATHOLOGICAL_CASES, ids=[case["id"] for case in PATHOLOGICAL_CASES])
+def test_pathological_input_returns_within_the_timeout_worker_start_included(case, fresh_pool):
+    timeout_s = 1.0
+    result, elapsed = _timed_score(case["response"], case["ground_truth"], timeout_s)
+    assert elapsed < timeout_s + MARGIN_S
     _assert_contract(result)
     assert (result["score"], result["reason"]) == (0.0, "timeout")
-    # The killed worker is replaced: the next call that needs a worker works.
+    # The killed worker is replaced: the next call gets a verdict.
     assert compute_score("x", r"\boxed{3} or \boxed{3}", "3")["score"] == 1.0
+
+
+@pytest.mark.parametrize("name", SLOW_TO_EXTRACT)
+def test_slow_to_extract_input_returns_within_the_timeout(name):
+    compute_score("x", r"\boxed{1}", "1")  # a warm worker
+    result, elapsed = _timed_score(SLOW_TO_EXTRACT[name], "1", timeout_s=1.0)
+    assert elapsed < 1.0 + MARGIN_S
+    _assert_contract(result)
+    assert result["score"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "solution",
+    [
+        "x " + "7" * 4301,  # more digits than Python's int-string limit: raised SympifyError in today's main
+        "7" * 50_000,
+        r"\boxed{" + "9" * 5000 + "}",
+        "#### -09",
+        "The answer is ٣",
+        "\\boxed{" * 3000,
+        "}" * 3000 + r"\boxed{1}",
+        "\x00\ud800 \\boxed{\x00}",
+        "",
+    ],
+)
+def test_odd_responses_never_raise(solution):
+    result = compute_score("x", solution, "2", timeout_s=2.0)
+    _assert_contract(result)
+    assert result["score"] == 0.0
+
+
+def test_overlong_inputs_are_not_verified():
+    long_response = "x" * MAX_INPUT_CHARS + r"\boxed{1}"
+    for solution, truth in ((long_response, "1"), (r"\boxed{1}", "1" * (MAX_INPUT_CHARS + 1))):
+        result = compute_score("x", solution, truth)
+        assert (result["score"], result["reason"], result["verifier"]) == (0.0, "invalid_input", "none")
+
+
+def test_shared_pool_is_per_process(monkeypatch):
+    first = reward.shared_pool()
+    assert reward.shared_pool() is first
+    monkeypatch.setattr(reward, "_pool", first)  # restored afterwards
+    monkeypatch.setattr(reward, "_pool_pid", -1)  # as seen from a forked child
+    assert reward.shared_pool() is not first
 
 
 def test_concurrent_calls_from_threads_with_one_hanging():

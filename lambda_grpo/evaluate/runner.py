@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from lambda_grpo.evaluate.generation import Generator, SamplingSettings
 from lambda_grpo.reward import compute_score
-from lambda_grpo.reward.symbolic import default_pool_size
+from lambda_grpo.reward.workers import default_pool_size
 
 RESULTS_NAME = "results.json"
 SAMPLES_DIR = "samples"

@@ -1,0 +1,119 @@
+"""The verdict on one response, as computed inside a reward worker process: fast path, cache, math-verify.
+
+`judge(solution, ground_truth)` is what `compute_score` runs in a killable worker (`workers`), so that no input,
+however long or pathological, can hold the caller longer than its timeout: all extraction, regex and sympy work
+happens here. In order:
+
+  1. `fast_path.fast_verdict`: math-verify's verdict without sympy where it is provably the same (microseconds);
+  2. the box-only cache: verdicts that depend only on (ground truth, box content), see `symbolic`;
+  3. `symbolic.math_verify_verdict`: math-verify itself.
+
+Any exception on the way is caught and becomes the verdict "error: <type>" with score 0.0 (math-verify swallows
+most of its own errors; this is the last resort). A fast path that raises defers to math-verify.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from lambda_grpo.reward.extraction import normalized_answer, single_box_content
+from lambda_grpo.reward.fast_path import fast_verdict
+from lambda_grpo.reward.logs import shorten_long_log_messages
+from lambda_grpo.reward.symbolic import SymbolicResult, math_verify_verdict
+
+CACHE_ENTRIES = 1 << 16
+"""Size of each worker's LRU cache of box-only verdicts, keyed by (ground truth, box content)."""
+
+WORKER_ADDRESS_SPACE_BYTES = 4 << 30
+"""Address-space cap of a worker (RLIMIT_AS, 4 GiB; a worker idles at ~70 MB): an expression that makes sympy
+build a gigantic number fails with MemoryError inside the worker instead of exhausting the machine's memory."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """`equal`; math-verify's normalised answer `pred` ("" if none); `reason` (one of `reward.REASONS`, "error"
+    with a suffix); `verifier`: "fast" or "math_verify"."""
+
+    equal: bool
+    pred: str
+    reason: str
+    verifier: str
+
+
+class VerdictCache:
+    """Thread-safe LRU map (ground truth, box content) -> SymbolicResult, for box-only verdicts."""
+
+    def __init__(self, entries: int) -> None:
+        self.entries = entries
+        self._items: OrderedDict[tuple[str, str], SymbolicResult] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> SymbolicResult | None:
+        with self._lock:
+            result = self._items.get(key)
+            if result is not None:
+                self._items.move_to_end(key)
+            return result
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def put(self, key: tuple[str, str], result: SymbolicResult) -> None:
+        with self._lock:
+            self._items[key] = result
+            self._items.move_to_end(key)
+            if len(self._items) > self.entries:
+                self._items.popitem(last=False)
+
+
+verdict_cache = VerdictCache(CACHE_ENTRIES)
+
+
+def _fast(solution: str, ground_truth: str, box_content: str | None) -> Verdict | None:
+    try:
+        fast = fast_verdict(solution, ground_truth, box_content=box_content)
+    except Exception:  # a bug or an input the rules did not foresee: math-verify decides
+        return None
+    if fast is None:
+        return None
+    reason = "no_answer" if fast.rule == "no_answer" else "match" if fast.equal else "mismatch"
+    return Verdict(fast.equal, fast.pred, reason, "fast")
+
+
+def _math_verify(solution: str, ground_truth: str, box_content: str | None) -> Verdict:
+    key = None if box_content is None else (ground_truth, box_content)
+    result = verdict_cache.get(key) if key is not None else None
+    if result is None:
+        result = math_verify_verdict(solution, ground_truth, box_content)
+        if key is not None and result.box_only:
+            verdict_cache.put(key, result)
+    return Verdict(result.equal, result.pred, result.outcome, "math_verify")
+
+
+def judge(solution: str, ground_truth: str) -> Verdict:
+    """The verdict on `solution` against `ground_truth` (module docstring); never raises an Exception."""
+    try:
+        box_content = single_box_content(solution)
+        return _fast(solution, ground_truth, box_content) or _math_verify(solution, ground_truth, box_content)
+    except (Exception, MemoryError) as error:
+        return Verdict(False, "", f"error: {type(error).__name__}", "math_verify")
+
+
+def clear_caches() -> None:
+    """Forget this worker's cached verdicts and normalised answers (a benchmark's cold start)."""
+    verdict_cache.clear()
+    normalized_answer.cache_clear()
+
+
+def prepare_worker() -> None:
+    """Run once in each new worker before it serves: cap its memory, shorten long log lines, import math-verify
+    (so that the import is not part of the first verdict's time)."""
+    import resource
+
+    import math_verify  # noqa: F401
+
+    resource.setrlimit(resource.RLIMIT_AS, (WORKER_ADDRESS_SPACE_BYTES, WORKER_ADDRESS_SPACE_BYTES))
+    shorten_long_log_messages()

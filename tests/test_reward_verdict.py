@@ -1,0 +1,43 @@
+"""What a reward worker computes: the fast path first, then cached or fresh math-verify; never an exception."""
+
+import pytest
+
+from lambda_grpo.reward import verdict
+from lambda_grpo.reward.verdict import Verdict, judge
+
+
+def test_fast_path_then_math_verify():
+    assert judge(r"So \boxed{\frac{6}{8}}.", r"\frac{3}{4}") == Verdict(True, r"\frac{6}{8}", "match", "fast")
+    assert judge("I cannot solve this.", "3") == Verdict(False, "", "no_answer", "fast")
+    assert judge(r"\boxed{x^2+2x+1}", "(x+1)^2") == Verdict(True, "x^2+2x+1", "match", "math_verify")
+    assert judge(r"\boxed{４２}", "42") == Verdict(False, "４２", "mismatch", "math_verify")
+
+
+def test_box_only_verdicts_are_cached(monkeypatch):
+    monkeypatch.setattr(verdict, "verdict_cache", verdict.VerdictCache(entries=2))
+    first = judge(r"So \boxed{2\sqrt{2}}.", r"\sqrt{8}")
+    assert first.verifier == "math_verify" and first.equal
+    calls = []
+    monkeypatch.setattr(verdict, "math_verify_verdict", lambda *args: calls.append(args))
+    assert judge(r"Hence the answer: \boxed{2\sqrt{2}}", r"\sqrt{8}") == first  # same (ground truth, box)
+    assert calls == []
+    for truth in ("1", "2", "3"):  # evicts the oldest of 2 entries
+        verdict.verdict_cache.put((truth, truth), verdict.SymbolicResult(True, truth, "match", box_only=True))
+    assert verdict.verdict_cache.get((r"\sqrt{8}", r"2\sqrt{2}")) is None
+
+
+def test_a_raising_fast_path_defers_to_math_verify(monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(verdict, "fast_verdict", broken)
+    assert judge(r"\boxed{3}", "3") == Verdict(True, "3", "match", "math_verify")
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), MemoryError()])
+def test_never_raises(monkeypatch, error):
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(verdict, "math_verify_verdict", broken)
+    assert judge(r"\boxed{x+1}", "1+x") == Verdict(False, "", f"error: {type(error).__name__}", "math_verify")
