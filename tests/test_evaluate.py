@@ -14,7 +14,7 @@ import torch
 from lambda_grpo.data.prepare import prepare
 from lambda_grpo.evaluate import __main__ as cli
 from lambda_grpo.evaluate import runner
-from lambda_grpo.evaluate.results import RESULTS_NAME, SUPERSEDED_DIR
+from lambda_grpo.evaluate.results import RESULTS_NAME, SUPERSEDED_DIR, load_results, save_results
 from lambda_grpo.evaluate.checkpoint import MERGED_DIR, actor_dir, is_hf_model_dir
 from lambda_grpo.evaluate.generation import SamplingSettings, stop_token_ids
 from lambda_grpo.evaluate.table import COLUMNS
@@ -237,3 +237,29 @@ def test_sampling_settings_and_stop_tokens(model_dir):
         SamplingSettings(1, 0.5, 0.0, 16, 0)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in stop_token_ids(tokenizer, model_dir)
+
+
+def test_load_results_resumes_supersedes_or_refuses(tmp_path, capsys):
+    def settings(step, run_dir="/runs/a", seed=0):
+        return {"model": f"{run_dir}/global_step_{step}/actor", "step": step, "run_dir": run_dir, "seed": seed}
+
+    out_dir = tmp_path / "eval"
+    assert load_results(out_dir, settings(3)) == {"settings": settings(3), "benchmarks": {}, "generated": []}
+    for step in (3, 6):
+        save_results(out_dir, {"settings": settings(step), "benchmarks": {"math500": {"accuracy": 1.0}}})
+        (out_dir / "samples").mkdir(exist_ok=True)
+        assert load_results(out_dir, settings(step))["benchmarks"] == {"math500": {"accuracy": 1.0}}  # resumes
+        assert load_results(out_dir, settings(9))["benchmarks"] == {}  # another step of the run: set aside
+    assert sorted(path.name for path in (out_dir / SUPERSEDED_DIR).iterdir()) == ["global_step_3", "global_step_6"]
+    assert "/runs/a is now at global_step_9; the results of global_step_6 moved to" in capsys.readouterr().out
+    save_results(out_dir, {"settings": settings(3), "benchmarks": {}})
+    load_results(out_dir, settings(9))
+    assert (out_dir / SUPERSEDED_DIR / "global_step_3-2" / RESULTS_NAME).is_file()  # nothing overwritten
+
+    save_results(out_dir, {"settings": settings(3), "benchmarks": {}})
+    for other in (settings(3, seed=1), settings(6, run_dir="/runs/b"), {"model": "/hf/qwen", "step": None}):
+        with pytest.raises(ValueError, match="holds results for other settings"):
+            load_results(out_dir, other)
+    (out_dir / RESULTS_NAME).write_text("{not json")
+    with pytest.raises(ValueError, match="is not a results file of this tool"):
+        load_results(out_dir, settings(3))

@@ -38,10 +38,9 @@ verifier's log lines quote at most a short prefix of the response (`logs`).
 
 from __future__ import annotations
 
-from typing import Any
-
 import os
 import threading
+from typing import Any
 
 from lambda_grpo.reward.verdict import judge, prepare_worker
 from lambda_grpo.reward.workers import Failure, WorkerPool, default_pool_size
@@ -109,6 +108,11 @@ def compute_score(
         {"score": float, "acc": float (= score; verl's validation reports "acc"), "pred": str (the extracted
         answer, "" if none; verl's majority-vote metrics use it), "reason": str (one of `REASONS`),
         "verifier": str ("fast", "math_verify" or "none")}.
+
+    Raises:
+        TypeError / ValueError for a wrong keyword or timeout (configuration errors), and
+        `workers.WorkerStartError` if no worker process can start (an installation problem); never because of
+        the response.
     """
     unexpected = set(kwargs) - VERL_INFRASTRUCTURE_KWARGS
     if unexpected:

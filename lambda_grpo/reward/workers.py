@@ -12,7 +12,11 @@ module), copying the arguments, and the function itself. A worker that is still 
 killed: it finishes starting in the background and serves the next call. A worker that is still computing at the
 deadline is killed, and its replacement is started at once (without waiting for it), so the next call rarely pays
 for a start. `MARGIN_S` bounds the bookkeeping after the deadline (killing and reaping the worker, starting the
-replacement process); it is measured by `tests/test_reward_workers.py`.
+replacement process); `tests/test_reward_workers.py` holds calls to it.
+
+A worker answers until its pipe closes: when the pool kills it, or when the calling process exits (an idle worker
+then exits at once, a busy one after its current call). A function that raises ends its worker (the traceback goes
+to stderr and the call answers `Failure.WORKER_DIED`); the reward's function never raises.
 
 Calls beyond `size` at once wait for a free slot first; that wait is not part of the deadline (each busy slot frees
 within its own deadline + MARGIN_S). Pool size: `$LAMBDA_GRPO_REWARD_WORKERS`, default min(4, CPU count).
@@ -39,7 +43,6 @@ WORKERS_ENV = "LAMBDA_GRPO_REWARD_WORKERS"
 MARGIN_S = 0.5
 """Upper bound (seconds) on the time a call takes after its deadline: kill and reap the late worker and start
 its replacement (measured: tens of milliseconds on two busy cores; the bound leaves room for a loaded machine)."""
-
 
 
 class Failure(Enum):
@@ -85,9 +88,18 @@ class _Worker:
         )
         child_end.close()
         self.connection = parent_end
-        self.connection.send(sys.path)
-        self.connection.send(prepare)
         self.ready = False
+        try:
+            self.connection.send(sys.path)
+            self.connection.send(prepare)
+        except OSError:
+            self._start_failed()
+
+    def _start_failed(self) -> None:
+        self.kill()
+        raise WorkerStartError(
+            f"lambda_grpo.reward: a worker process exited while starting (exit code {self.process.returncode})"
+        )
 
     def wait_ready(self, deadline: float) -> bool:
         """True once the worker is ready, False if it is still starting at `deadline`; WorkerStartError if it died."""
@@ -99,10 +111,7 @@ class _Worker:
             except (EOFError, OSError):
                 pass
             if not self.ready:
-                self.kill()
-                raise WorkerStartError(
-                    f"lambda_grpo.reward: a worker process exited while starting (exit code {self.process.returncode})"
-                )
+                self._start_failed()
         return True
 
     def ask(self, function: Callable[..., Any], arguments: tuple[Any, ...], deadline: float) -> Any:
@@ -143,18 +152,15 @@ class WorkerPool:
                 worker = self._idle.get_nowait()
             except queue.Empty:
                 worker = self._start()
+            if not worker.wait_ready(deadline):  # WorkerStartError if it died while starting
+                self._idle.put(worker)
+                return Failure.TIMED_OUT
             try:
-                if not worker.wait_ready(deadline):
-                    self._idle.put(worker)
-                    return Failure.TIMED_OUT
                 answer = worker.ask(function, arguments, deadline)
-            except WorkerStartError:
-                raise
             except (EOFError, OSError):
                 answer = Failure.WORKER_DIED
-            except BaseException:
+            except BaseException:  # interrupted while waiting: the worker's state is unknown
                 worker.kill()
-                self._idle.put(self._start())
                 raise
             if isinstance(answer, Failure):
                 worker.kill()
@@ -163,7 +169,7 @@ class WorkerPool:
             return answer
 
     def close(self) -> None:
-        """Kill the idle workers (a busy one goes back to the pool, or is killed on timeout or at exit)."""
+        """Kill the idle workers (a busy one goes back to the pool after its call, or is killed on timeout)."""
         while True:
             try:
                 self._idle.get_nowait().kill()
