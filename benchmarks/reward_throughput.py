@@ -5,8 +5,9 @@
 
 "Plain math-verify" is what a user writes from math-verify's README, in-process on the main thread:
 `verify(parse("\\boxed{" + ground_truth + "}"), parse(response))`. Ours is `compute_score` with one worker process
-(`LAMBDA_GRPO_REWARD_WORKERS=1`, so one core verifies at a time in both; every verdict, fast path included, is
-computed in that worker, so ours includes the round trip to it). After a warm-up, each scorer runs over
+(`LAMBDA_GRPO_REWARD_WORKERS=1`, so one core verifies at a time in both; small single-box responses without
+"final answer" get the fast path in the caller, every other verdict is computed in that worker, round trip
+included). After a warm-up, each scorer runs over
 each sample set `--runs` times (our caches cleared before each run) and the fastest run counts, against the noise
 of a shared machine; samples/s = samples / wall seconds; the ratio reported is the median over the sample sets.
 The script then checks that both give identical verdicts on

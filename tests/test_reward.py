@@ -9,6 +9,7 @@ import pytest
 
 from lambda_grpo import reward
 from lambda_grpo.reward import MAX_INPUT_CHARS, REASONS, VERL_INFRASTRUCTURE_KWARGS, compute_score
+from lambda_grpo.reward.verdict import QUICK_MAX_RESPONSE_CHARS
 from lambda_grpo.reward.workers import MARGIN_S
 
 CASES_FILE = Path(__file__).with_name("reward_cases.jsonl")
@@ -87,6 +88,24 @@ def test_slow_to_extract_input_returns_within_the_timeout(name):
     assert elapsed < 1.0 + MARGIN_S
     _assert_contract(result)
     assert result["score"] == 0.0
+
+
+# Responses at the limits of the caller's own fast path (verdict.quick_verdict), shaped to be slow for it.
+AT_QUICK_LIMITS = {
+    "digits": "1 " * 8000 + r"\boxed{" + "1 " * 120 + "}",
+    "thousands": "1," * 8100 + r"\boxed{1}",
+    "dollars": "$$" + "1 " * 8000 + r"\boxed{" + r"\dfrac{,\}\frac{\infty!\$ -!" * 8 + "}",
+    "brackets": "\\[" * 8100 + r"\boxed{\frac{1}{2}}",
+}
+
+
+@pytest.mark.parametrize("name", AT_QUICK_LIMITS)
+def test_input_at_the_callers_limits_returns_within_the_timeout(name):
+    assert len(AT_QUICK_LIMITS[name]) <= QUICK_MAX_RESPONSE_CHARS
+    compute_score("x", r"\boxed{1}", "1")  # warm: the margin is the whole budget here
+    result, elapsed = _timed_score(AT_QUICK_LIMITS[name], "2", timeout_s=0.05)
+    assert elapsed < 0.05 + MARGIN_S
+    _assert_contract(result)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 import pytest
 
 from lambda_grpo.reward import verdict
-from lambda_grpo.reward.verdict import Verdict, judge
+from lambda_grpo.reward.verdict import Verdict, judge, quick_verdict
 
 
 def test_fast_path_then_math_verify():
@@ -41,3 +41,32 @@ def test_never_raises(monkeypatch, error):
 
     monkeypatch.setattr(verdict, "math_verify_verdict", broken)
     assert judge(r"\boxed{x+1}", "1+x") == Verdict(False, "", f"error: {type(error).__name__}", "math_verify")
+
+
+@pytest.mark.parametrize(
+    "solution, ground_truth",
+    [
+        (r"So \boxed{\frac{6}{8}}.", r"\frac{3}{4}"),
+        ("x " * 8000 + r"\boxed{5}", "6"),
+        (r"\boxed{" + "1+" * 50 + "1}", "2"),
+    ],
+)
+def test_quick_verdict_is_the_fast_path_on_small_single_box_responses(solution, ground_truth):
+    assert quick_verdict(solution, ground_truth) == judge(solution, ground_truth)
+    assert quick_verdict(solution, ground_truth).verifier == "fast"
+
+
+@pytest.mark.parametrize(
+    "solution, ground_truth",
+    [
+        (r"The final answer is $\boxed{3}$.", "3"),  # math-verify's final-answer patterns: left to a worker
+        (r"\boxed{3} or \boxed{3}", "3"),
+        ("x " * 9000 + r"\boxed{3}", "3"),  # over QUICK_MAX_RESPONSE_CHARS
+        (r"\boxed{" + "1" * 300 + "}", "3"),  # a box over QUICK_MAX_ANSWER_CHARS
+        (r"\boxed{3}", "3" + " " * 300),
+        ("#### 3", "3"),  # no box
+        (r"\boxed{x^2+2x+1}", "(x+1)^2"),  # the fast path defers
+    ],
+)
+def test_quick_verdict_leaves_the_rest_to_a_worker(solution, ground_truth):
+    assert quick_verdict(solution, ground_truth) is None

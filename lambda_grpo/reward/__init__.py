@@ -25,9 +25,11 @@ which parses only the box when that is provably what math-verify would extract, 
 (ground truth, box content). Plain math-verify and this function agree on every case of
 `tests/reward_cases.jsonl`; `benchmarks/reward_throughput.py` measures the speed-up.
 
-Time. Every verdict is computed in a killable worker process (`verdict.judge` in a `workers.WorkerPool`); this
-process only checks the arguments and waits. A call returns within `timeout_s` + `workers.MARGIN_S` (0.5 s) of
-getting a worker slot, whatever the input: the time to start a worker counts against `timeout_s`. Threads calling
+Time. A small response with a single box and no "final answer" phrase gets the fast path in this process
+(`verdict.quick_verdict`: its cost is bounded by size limits, about 20 ms at worst); every other verdict is
+computed in a killable worker process (`verdict.judge` in a `workers.WorkerPool`) while this process waits. A
+call returns within `timeout_s` + `workers.MARGIN_S` (0.5 s) of getting a worker slot, whatever the input: the
+time to start a worker counts against `timeout_s`. Threads calling
 at once beyond the pool's size (`$LAMBDA_GRPO_REWARD_WORKERS`, default min(4, CPU count)) first wait for a slot.
 
 Never raises on model output: malformed, empty, overlong (> `MAX_INPUT_CHARS`) or pathological responses score
@@ -42,7 +44,7 @@ import os
 import threading
 from typing import Any
 
-from lambda_grpo.reward.verdict import judge, prepare_worker
+from lambda_grpo.reward.verdict import judge, prepare_worker, quick_verdict
 from lambda_grpo.reward.workers import Failure, WorkerPool, default_pool_size
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -125,7 +127,9 @@ def compute_score(
         return _result(False, "", "invalid_input", "none")
     if len(solution_str) > MAX_INPUT_CHARS or len(ground_truth) > MAX_INPUT_CHARS:
         return _result(False, "", "invalid_input", "none")
-    verdict = shared_pool().call(judge, (solution_str, ground_truth), timeout_s)
+    verdict = quick_verdict(solution_str, ground_truth)
+    if verdict is None:
+        verdict = shared_pool().call(judge, (solution_str, ground_truth), timeout_s)
     if isinstance(verdict, Failure):
         return _result(False, "", _FAILURE_REASONS[verdict], "none")
     return _result(verdict.equal, verdict.pred, verdict.reason, verdict.verifier)

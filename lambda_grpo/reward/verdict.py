@@ -1,8 +1,15 @@
-"""The verdict on one response, as computed inside a reward worker process: fast path, cache, math-verify.
+"""The verdict on one response: in the caller for small single-box responses, else in a reward worker process.
 
-`judge(solution, ground_truth)` is what `compute_score` runs in a killable worker (`workers`), so that no input,
-however long or pathological, can hold the caller longer than its timeout: all extraction, regex and sympy work
-happens here. In order:
+`quick_verdict(solution, ground_truth)` runs in the caller's process, and only on inputs whose cost is bounded
+by their size: a response of at most `QUICK_MAX_RESPONSE_CHARS` characters with exactly one box, of at most
+`QUICK_MAX_ANSWER_CHARS` characters, as is the ground truth, and without the phrase "final answer" (math-verify's
+final-answer patterns, which the fast path would then run, backtrack quadratically on some texts: 0.4 s at the
+size limit). There it is the fast path alone, linear scans of the response plus work on the short answers:
+about 20 ms at worst at the limits (adversarial texts, tests/test_reward_verdict.py), well inside
+`workers.MARGIN_S`. It saves the round trip to a worker (~0.1 ms) on the most common shape of response.
+
+`judge(solution, ground_truth)` is what `compute_score` runs in a killable worker (`workers`) for everything else,
+so that no input, however long or pathological, can hold the caller longer than its timeout. In order:
 
   1. `fast_path.fast_verdict`: math-verify's verdict without sympy where it is provably the same (microseconds);
   2. the box-only cache: verdicts that depend only on (ground truth, box content), see `symbolic`;
@@ -22,6 +29,12 @@ from lambda_grpo.reward.extraction import normalized_answer, single_box_content
 from lambda_grpo.reward.fast_path import fast_verdict
 from lambda_grpo.reward.logs import shorten_long_log_messages
 from lambda_grpo.reward.symbolic import SymbolicResult, math_verify_verdict
+
+QUICK_MAX_RESPONSE_CHARS = 16_384
+"""Longest response `quick_verdict` considers (about 4k tokens)."""
+
+QUICK_MAX_ANSWER_CHARS = 256
+"""Longest box content and ground truth `quick_verdict` considers."""
 
 CACHE_ENTRIES = 1 << 16
 """Size of each worker's LRU cache of box-only verdicts, keyed by (ground truth, box content)."""
@@ -91,6 +104,18 @@ def _math_verify(solution: str, ground_truth: str, box_content: str | None) -> V
         if key is not None and result.box_only:
             verdict_cache.put(key, result)
     return Verdict(result.equal, result.pred, result.outcome, "math_verify")
+
+
+def quick_verdict(solution: str, ground_truth: str) -> Verdict | None:
+    """The fast path's verdict in this process when the input is within the limits (module docstring), else None."""
+    if len(solution) > QUICK_MAX_RESPONSE_CHARS or len(ground_truth) > QUICK_MAX_ANSWER_CHARS:
+        return None
+    if solution.count("\\boxed") != 1 or "final answer" in solution.lower():
+        return None
+    box_content = single_box_content(solution)
+    if box_content is None or len(box_content) > QUICK_MAX_ANSWER_CHARS:
+        return None
+    return _fast(solution, ground_truth, box_content)
 
 
 def judge(solution: str, ground_truth: str) -> Verdict:
