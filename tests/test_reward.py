@@ -1,6 +1,8 @@
 """compute_score on the shared case table, its result contract, and its use through verl's reward plumbing."""
 
 import json
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -235,3 +237,16 @@ def test_naive_reward_manager_turns_extra_keys_into_reward_extra_info(tmp_path):
     assert [output["reward_score"] for output in outputs] == [1.0, 0.0]
     assert [output["reward_extra_info"]["pred"] for output in outputs] == ["x^2+2x+1", "7"]
     assert outputs[0]["reward_extra_info"].keys() == outputs[1]["reward_extra_info"].keys() == RESULT_TYPES.keys()
+
+
+def test_the_first_call_of_a_process_is_within_the_bound_too():
+    """Nothing is imported or started yet: the verifier's import (about 1 s) and the worker's start must not
+    hold the first call beyond its timeout."""
+    code = (
+        "import time; from lambda_grpo.reward import compute_score; start = time.perf_counter(); "
+        "result = compute_score('x', r'So \\boxed{1}.', '1', timeout_s=0.2); "
+        "print(time.perf_counter() - start, result['reason'])"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    elapsed, reason = output.stdout.split()
+    assert float(elapsed) < 0.2 + MARGIN_S and reason in ("timeout", "match")

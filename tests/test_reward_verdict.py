@@ -43,6 +43,14 @@ def test_never_raises(monkeypatch, error):
     assert judge(r"\boxed{x+1}", "1+x") == Verdict(False, "", f"error: {type(error).__name__}", "math_verify")
 
 
+@pytest.fixture()
+def loaded_verifier():
+    """quick_verdict declines until the background import of the verifier is done: wait for it."""
+    verdict.verifier_loaded()
+    verdict._loader.join(timeout=120)
+    assert verdict.verifier_loaded()
+
+
 @pytest.mark.parametrize(
     "solution, ground_truth",
     [
@@ -51,7 +59,7 @@ def test_never_raises(monkeypatch, error):
         (r"\boxed{" + "1+" * 50 + "1}", "2"),
     ],
 )
-def test_quick_verdict_is_the_fast_path_on_small_single_box_responses(solution, ground_truth):
+def test_quick_verdict_is_the_fast_path_on_small_single_box_responses(solution, ground_truth, loaded_verifier):
     assert quick_verdict(solution, ground_truth) == judge(solution, ground_truth)
     assert quick_verdict(solution, ground_truth).verifier == "fast"
 
@@ -68,5 +76,5 @@ def test_quick_verdict_is_the_fast_path_on_small_single_box_responses(solution, 
         (r"\boxed{x^2+2x+1}", "(x+1)^2"),  # the fast path defers
     ],
 )
-def test_quick_verdict_leaves_the_rest_to_a_worker(solution, ground_truth):
+def test_quick_verdict_leaves_the_rest_to_a_worker(solution, ground_truth, loaded_verifier):
     assert quick_verdict(solution, ground_truth) is None

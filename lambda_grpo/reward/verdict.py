@@ -6,7 +6,8 @@ by their size: a response of at most `QUICK_MAX_RESPONSE_CHARS` characters with 
 final-answer patterns, which the fast path would then run, backtrack quadratically on some texts: 0.4 s at the
 size limit). There it is the fast path alone, linear scans of the response plus work on the short answers:
 about 20 ms at worst at the limits (adversarial texts, tests/test_reward_verdict.py), well inside
-`workers.MARGIN_S`. It saves the round trip to a worker (~0.1 ms) on the most common shape of response.
+`workers.MARGIN_S`. It saves the round trip to a worker (~0.1 ms) on the most common shape of response. The
+verifier's import (about 1 s) happens in a background thread, not in a call: until it is done, the workers decide.
 
 `judge(solution, ground_truth)` is what `compute_score` runs in a killable worker (`workers`) for everything else,
 so that no input, however long or pathological, can hold the caller longer than its timeout. In order:
@@ -106,9 +107,34 @@ def _math_verify(solution: str, ground_truth: str, box_content: str | None) -> V
     return Verdict(result.equal, result.pred, result.outcome, "math_verify")
 
 
+_verifier_loaded = threading.Event()
+_loader_lock = threading.Lock()
+_loader: threading.Thread | None = None
+
+
+def _load_verifier() -> None:
+    normalized_answer("0")  # imports math-verify's LaTeX normalisation, latex2sympy and sympy (about 1 s)
+    _verifier_loaded.set()
+
+
+def verifier_loaded() -> bool:
+    """True once this process has imported what `quick_verdict` needs; the first call starts importing it in a
+    background thread (so that no call waits for the import: until then the workers decide)."""
+    global _loader
+    if not _verifier_loaded.is_set():
+        with _loader_lock:
+            if _loader is None:
+                _loader = threading.Thread(target=_load_verifier, daemon=True, name="lambda_grpo-reward-import")
+                _loader.start()
+    return _verifier_loaded.is_set()
+
+
 def quick_verdict(solution: str, ground_truth: str) -> Verdict | None:
-    """The fast path's verdict in this process when the input is within the limits (module docstring), else None."""
+    """The fast path's verdict in this process when the input is within the limits (module docstring) and the
+    verifier is imported (`verifier_loaded`), else None."""
     if len(solution) > QUICK_MAX_RESPONSE_CHARS or len(ground_truth) > QUICK_MAX_ANSWER_CHARS:
+        return None
+    if not verifier_loaded():
         return None
     if solution.count("\\boxed") != 1 or "final answer" in solution.lower():
         return None
