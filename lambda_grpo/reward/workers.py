@@ -42,7 +42,8 @@ WORKERS_ENV = "LAMBDA_GRPO_REWARD_WORKERS"
 
 MARGIN_S = 0.5
 """Upper bound (seconds) on the time a call takes after its deadline: kill and reap the late worker and start
-its replacement (measured: tens of milliseconds on two busy cores; the bound leaves room for a loaded machine)."""
+its replacement (measured: 0.01-0.11 s over twelve timeouts on two cores at load 6; the bound leaves room for a
+busier machine)."""
 
 
 class Failure(Enum):
