@@ -46,6 +46,7 @@ from typing import Any
 import ray
 
 from lambda_grpo.config import ray_job_runtime_env
+from lambda_grpo.local_ray_token import secure_local_token
 
 LAMBDA_GRPO_LOSS = "lambda_grpo"
 
@@ -400,12 +401,15 @@ def format_report(overrides: Sequence[str], findings: Sequence[Finding]) -> str:
 
 
 def connect_ray(cfg, address: str | None) -> None:
-    """Join the given cluster (or $RAY_ADDRESS's); else start a local one as lambda_grpo.main would."""
+    """Join the given cluster (or $RAY_ADDRESS's); else start a local one as lambda_grpo.main would,
+    its auth token file private (`secure_local_token`)."""
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address)
     else:
         from omegaconf import OmegaConf
 
+        if notice := secure_local_token(None):
+            print(notice, flush=True)
         ray_init = cfg.get("ray_kwargs", {}).get("ray_init") or {}
         ray.init(**OmegaConf.to_container(OmegaConf.create(ray_init), resolve=True))
 
