@@ -3,8 +3,9 @@ the install order that works, and pip's own resolve of the pinned stack against 
 
 No GPU here: these tests check what a CPU machine can. The resolve uses pip's dry run with
 `--use-feature=fast-deps` (each wheel's METADATA read by HTTP range requests): measured on the CI
-machine, ~40 s and ~110 MB received, where a plain dry run downloads every wheel (3.7 GB: torch, vllm,
-the CUDA libraries) because the registry it reaches serves no PEP 658 metadata files.
+machine, 37-77 s and ~110 MB received, where a plain dry run downloads every wheel (3.7 GB written:
+torch, vllm, the CUDA libraries; 46 s on its fast link) because the registry it reaches serves no
+PEP 658 metadata files. The flash-attn step downloads its 8.4 MB sdist (9-43 s).
 """
 
 from __future__ import annotations
