@@ -5,7 +5,7 @@
     python -m lambda_grpo.main model_size=tiny_cpu algo=lambda_grpo     # a few steps on any CPU machine
     launch/submit model_size=qwen2_5_7b algo=lambda_grpo trainer.nnodes=2  # a Ray cluster (ray job submit)
 
-Config groups: model_size=qwen2_5_1_5b|qwen2_5_3b|qwen2_5_7b|tiny_cpu, algo=lambda_grpo|grpo|dapo|dr_grpo;
+Config groups: model_size=qwen2_5_1_5b|qwen2_5_3b|qwen2_5_7b|tiny_cpu|tiny_gpu, algo=lambda_grpo|grpo|dapo|dr_grpo;
 every verl key stays overridable as with `python -m verl.trainer.main_ppo`. The config is validated
 before Ray starts (lambda_grpo.config.validate); without RAY_ADDRESS a local Ray instance is started,
 with it the job joins that cluster.

@@ -76,6 +76,7 @@ class GpuMemory:
 # verl's Qwen2-7B GRPO example (8 x 80 GB); tiny_cpu runs on CPU and needs no GPU.
 GPU_MEMORY_GB = {
     "tiny_cpu": GpuMemory(minimum=0.0, tuned_for=0.0),
+    "tiny_gpu": GpuMemory(minimum=16.0, tuned_for=16.0),
     "qwen2_5_1_5b": GpuMemory(minimum=40.0, tuned_for=80.0),
     "qwen2_5_3b": GpuMemory(minimum=40.0, tuned_for=80.0),
     "qwen2_5_7b": GpuMemory(minimum=40.0, tuned_for=80.0),
