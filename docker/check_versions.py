@@ -1,6 +1,7 @@
 """Check that the installed Python packages are the versions this project pins (run at image build time).
 
     python docker/check_versions.py            # from the repository root; exit 1 on any mismatch
+    python docker/check_versions.py --constraints FILE   # another constraints file (tests)
 
 Checked: every requirement of pyproject.toml's `dependencies` and `gpu` extra (verl==0.9.1, ray>=2.52.0,
 torch==2.11.0, ...) and every pin of constraints-gpu.txt (ray==2.60.0, ...). A local version label counts
@@ -10,6 +11,7 @@ Standard library and `packaging` only: it runs in the image's own interpreter, b
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tomllib
 from collections.abc import Callable, Iterable
@@ -55,9 +57,12 @@ def mismatches(requirements: Iterable[Requirement],
     return report, problems
 
 
-def main() -> int:
-    requirements = pinned_requirements((REPO / "pyproject.toml").read_text(),
-                                       (REPO / "constraints-gpu.txt").read_text())
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Check installed versions against this project's pins.")
+    parser.add_argument("--pyproject", default=str(REPO / "pyproject.toml"))
+    parser.add_argument("--constraints", default=str(REPO / "constraints-gpu.txt"))
+    args = parser.parse_args(argv)
+    requirements = pinned_requirements(Path(args.pyproject).read_text(), Path(args.constraints).read_text())
     report, problems = mismatches(requirements)
     print("\n".join(report))
     if problems:

@@ -116,11 +116,15 @@ def test_version_check_names_each_drift(changes, problem):
     assert problem in problems
 
 
-def test_version_check_fails_on_this_cpu_install():
-    """The CPU install has torch 2.13.0+cpu: the script, run as the build runs it, must exit 1 naming it."""
-    result = subprocess.run([sys.executable, "docker/check_versions.py"], cwd=REPO, capture_output=True, text=True)
+def test_version_check_script_fails_the_build_on_a_drifted_pin(tmp_path):
+    """Run as the build runs it, against a constraints file no install can meet (torch 0.0.1): exit 1,
+    naming the package, whatever this machine holds (the CPU install here, the CUDA stack in the image)."""
+    drifted = tmp_path / "constraints.txt"
+    drifted.write_text((REPO / "constraints-gpu.txt").read_text().replace("torch==2.11.0", "torch==0.0.1"))
+    result = subprocess.run([sys.executable, "docker/check_versions.py", "--constraints", str(drifted)], cwd=REPO,
+                            capture_output=True, text=True)
     assert result.returncode == 1
-    assert re.search(r"torch 2\.13\.\S+ does not satisfy torch==2\.11\.0", result.stderr), result.stderr
+    assert re.search(r"torch \S+ does not satisfy torch==0\.0\.1", result.stderr), result.stderr
 
 
 # ----------------------------------------------------------------------------------------------
