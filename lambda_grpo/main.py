@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from lambda_grpo.config import CONFIG_MODULE, CONFIG_NAME, ConfigError, apply_choices, config_dir, validate
+from lambda_grpo.local_ray_token import secure_local_token
 
 # The configs beside the code (a checkout, a Ray job's uploaded working dir), else the packaged copy.
 CONFIG_PATH = str(config_dir() or f"pkg://{CONFIG_MODULE}")
@@ -43,6 +44,9 @@ def run(cfg: DictConfig) -> None:
     _require_loss_registered()
     _activate_platform(cfg)
     _log_metrics_beside_checkpoints(cfg)
+    # Before verl's ray.init: a local cluster's token file is created private (Ray's own is mode 644).
+    if notice := secure_local_token(cfg.ray_kwargs.ray_init.get("address")):
+        print(f"[lambda_grpo] {notice}")
     from verl.trainer.main_ppo import run_ppo
 
     from lambda_grpo.trainer import LambdaGRPOTaskRunner
