@@ -62,7 +62,9 @@ SUMMARY_METRICS = (("λ", "actor/lambda", "{:+.4f}"), ("reward", "critic/score/m
 ETA_WINDOW = 10
 """The ETA assumes the mean duration of this many recent steps."""
 
-RAY_PREFIX = re.compile(r"^(?:\x1b\[[0-9;]*m)*\((?:[^()]*\bpid=\d+[^()]*|raylet|autoscaler[^()]*)\)(?:\x1b\[[0-9;]*m)* ?")
+RAY_PREFIX = re.compile(
+    r"^(?:\x1b\[[0-9;]*m)*\((?:[^()]*\bpid=\d+[^()]*|raylet|autoscaler[^()]*)\)(?:\x1b\[[0-9;]*m)* ?"
+)
 """The "(TaskRunner pid=123, ip=…) " prefix Ray puts before each line it forwards from a worker."""
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -231,7 +233,7 @@ class Progress:
             lines.append(self.step_line(step, data))
         validation = validation_scores(data)
         if validation:
-            lines.append(f"{'validation':<11} at step {step}: "
+            lines.append(f"validation at step {step}: "
                          + " · ".join(f"{source} {score:.3f}" for source, score in validation.items()))
         return lines
 
@@ -289,14 +291,16 @@ def summary_lines(
 ) -> list[str]:
     """The end-of-run summary: `outcome` ("finished", "FAILED", ...), the run's metrics first → last over
     every start (`history`, as lambda_grpo.plots reads them), the latest checkpoint and the files."""
-    steps = sorted({step for series in history.values() for step, _ in series})
+    timed = history.get(STEP_SECONDS[0])  # training steps; a validation before training is step 0 without it
+    steps = sorted({step for step, _ in timed} if timed else {step for points in history.values() for step, _ in points})
     done = f"{_plural(len(steps), 'step')} logged (steps {steps[0]}–{steps[-1]})" if steps else "no step logged"
     lines = [f"{outcome} after {clock(elapsed_s)}: {done}"]
     for label, metric, fmt in SUMMARY_METRICS:
         series = history.get(metric)
         if series:
             (first_step, first), (last_step, last) = series[0], series[-1]
-            lines.append(f"  {label:<10}{fmt.format(first)} (step {first_step}) → {fmt.format(last)} (step {last_step})")
+            change = f"{fmt.format(first)} (step {first_step}) → {fmt.format(last)} (step {last_step})"
+            lines.append(f"  {label:<10}{change}")
     lines.append(f"  checkpoint {checkpoint if checkpoint else 'none'}")
     if checkpoint and outcome != "finished":
         lines.append("  resume    run the same command again: it continues from this checkpoint")

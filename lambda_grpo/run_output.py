@@ -78,7 +78,8 @@ class RunOutput:
     def say(self, line: str, elapsed: bool = False) -> None:
         """One line on the console (with the time since start when `elapsed`)."""
         with self.lock:
-            self.console.write(f"{console.clock(time.monotonic() - self.started):>7}  {line}\n" if elapsed else f"{line}\n")
+            prefix = f"{console.clock(time.monotonic() - self.started):>7}  " if elapsed else ""
+            self.console.write(f"{prefix}{line}\n")
             self.console.flush()
 
     def start(self) -> None:
@@ -101,7 +102,10 @@ class RunOutput:
 
     def _follow(self) -> None:
         while not self.stopping.wait(POLL_S):
-            self._read()
+            try:
+                self._read()
+            except Exception:  # noqa: BLE001  (a line the console cannot show must not end the console)
+                traceback.print_exc()  # into the log
 
     def _read(self) -> None:
         for line in self.log.new_lines():

@@ -1,11 +1,11 @@
 """Helpers for end-to-end tests that run verl's real trainer on CPU in a subprocess.
 
 `run_logged(cmd, ...)` runs a command in its own session with a timeout, tees its output into a log
-file, echoes it to stdout as it comes (the console of `lambda_grpo.main` is short; everything else goes to
-the run's own log file), records when each phase marker first appeared, and on timeout or exit kills every process the run left (Ray's GCS,
-raylet and workers, vLLM's engine processes) by PID. `read_metrics` parses verl's `file` logger
-(one JSON object per step). `run_lambda_grpo` runs `python -m lambda_grpo.main model_size=tiny_cpu` on
-this CPU machine with all of it.
+file, echoes it to stdout as it comes (the console of `lambda_grpo.main` is short; everything else goes
+to the run's own log file), records when each phase marker first appeared, and on timeout or exit kills
+every process the run left (Ray's GCS, raylet and workers, vLLM's engine processes) by PID.
+`read_metrics` parses verl's `file` logger (one JSON object per step). `run_lambda_grpo` runs
+`python -m lambda_grpo.main model_size=tiny_cpu` on this CPU machine with all of it.
 
 Importable from tests as `import e2e_helpers` (pyproject's pytest `pythonpath` includes tests/).
 """

@@ -11,8 +11,9 @@ from lambda_grpo.console import PHASES, TOTAL_STEPS, Progress, RunPaths, header_
 VERL = Path(__import__("verl").__file__).parent
 RAY = Path(__import__("ray").__file__).parent
 
-PATHS = RunPaths(run_dir=Path("/runs/x"), config=Path("/runs/x/configs/s.yaml"), metrics=Path("/runs/x/metrics/s.jsonl"),
-                 log=Path("/runs/x/logs/s.log"), plots=Path("/runs/x/plots"))
+RUN = Path("/runs/x")
+PATHS = RunPaths(run_dir=RUN, config=RUN / "configs" / "s.yaml", metrics=RUN / "metrics" / "s.jsonl",
+                 log=RUN / "logs" / "s.log", plots=RUN / "plots")
 
 STEP = {
     "critic/score/mean": 0.3125,
@@ -76,7 +77,7 @@ def test_validation_scores_get_their_own_line():
     progress = Progress(total_steps=3)
     lines = progress.record_lines(0, {"val-core/math500/acc/mean@1": 0.4, "val-core/aime24/acc/mean@4": 0.0333,
                                       "val-aux/math500/reward/mean@1": 0.5})
-    assert lines == ["validation  at step 0: aime24 0.033 · math500 0.400"]
+    assert lines == ["validation at step 0: aime24 0.033 · math500 0.400"]
     assert progress.durations == []  # a validation-only record is no training step
 
 
@@ -84,7 +85,7 @@ def test_total_steps_and_start_up_milestones_come_from_the_log():
     progress = Progress()
     assert progress.start_up_line("(TaskRunner pid=1) INFO:2026-11-30 05:27:38,068:Total training steps: 105") is None
     assert progress.total_steps == 105
-    resumed = progress.start_up_line("(TaskRunner pid=1) INFO:x:Resuming from /c/global_step_3, setting global step to 3")
+    resumed = progress.start_up_line("(TaskRunner pid=1) INFO:Resuming from /c/global_step_3, setting global step to 3")
     assert resumed == "resuming from /c/global_step_3 (step 3)"
     assert progress.start_up_line("(TaskRunner pid=1) some other line") is None
 
@@ -133,6 +134,8 @@ def test_summary_shows_first_and_last_over_the_run_and_how_to_resume():
     assert "reward    0.100 (step 1) → 0.500 (step 4)" in text and "length" not in text
     assert "checkpoint /runs/x/global_step_4" in text and "run the same command again" in text
     assert f"plots     {PATHS.plots}/ lambda.png" in text and str(PATHS.log) in text
+    with_validation = {"timing_s/step": [(1, 3.0), (2, 3.0)], "val-core/math500/acc/mean@1": [(0, 0.2), (2, 0.3)]}
+    assert summary_lines("finished", 1.0, with_validation, None, PATHS, [])[0].endswith("2 steps logged (steps 1–2)")
     finished = "\n".join(summary_lines("finished", 1.0, {}, None, PATHS, "none (no step logged)"))
     assert "no step logged" in finished and "checkpoint none" in finished and "run the same command" not in finished
 

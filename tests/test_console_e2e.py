@@ -40,8 +40,8 @@ def test_readme_main_job_prints_a_short_console_and_keeps_everything_in_the_run_
     # The summary ends the console.
     summary = console[console.index(next(line for line in console if line.startswith("finished after"))):]
     first, last = result.metrics[0]["actor/lambda"], result.metrics[-1]["actor/lambda"]
-    assert f"λ         {first:+.4f} (step 1) → {last:+.4f} (step 3)" in summary
-    assert f"checkpoint {run_dir / 'global_step_3'}" in summary
+    assert f"  λ         {first:+.4f} (step 1) → {last:+.4f} (step 3)" in summary
+    assert f"  checkpoint {run_dir / 'global_step_3'}" in summary
     assert summary[-1] == f"  log       {result.run_log_path}"
 
     # Nothing is lost: the config as trained, everything verl and Ray printed, the plots.

@@ -1,6 +1,7 @@
 """lambda_grpo.run_files: the run's folder, verl's loggers pointed into it, the config, plots and the checkpoint."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -82,14 +83,14 @@ def test_latest_checkpoint_is_the_one_verl_resumes_from(tmp_path):
 
 
 TRACKING_EXAMPLE = """
+import os
 import sys
 from verl.utils.tracking import Tracking
 from lambda_grpo import run_files
 from lambda_grpo.config import compose
 
 cfg = compose(["model_size=tiny_cpu", f"trainer.default_local_dir={sys.argv[1]}", *sys.argv[2:]])
-paths = run_files.prepare(cfg, run_files.start_stamp())
-import os
+run_files.prepare(cfg, run_files.start_stamp())
 os.environ.update(cfg.ray_kwargs.ray_init.runtime_env.env_vars)  # what every Ray process of the run gets
 tracking = Tracking(cfg.trainer.project_name, cfg.trainer.experiment_name, list(cfg.trainer.logger), config={})
 for step in (1, 2, 3):
@@ -121,7 +122,8 @@ def test_wandb_offline_writes_into_the_run_folder_without_network(tmp_path):
     """README "Experiment tracking": WANDB_MODE=offline trainer.logger=[console,file,wandb] keeps the wandb run in
     <run dir>/wandb, to upload later with `wandb sync`."""
     run = tmp_path / "run"
-    env = {**__import__("os").environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HTTPS_PROXY": "http://0.0.0.0:9"}
+    # An unreachable proxy: a network call would fail (offline mode makes none).
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HTTPS_PROXY": "http://0.0.0.0:9"}
     subprocess.run([sys.executable, "-c", TRACKING_EXAMPLE, str(run), "trainer.logger=[console,file,wandb]"],
                    check=True, capture_output=True, timeout=180, env=env)
     (offline_run,) = (run / "wandb").glob("offline-run-*")
