@@ -39,17 +39,23 @@ ERROR_LINES = 25
 """At most this many last lines of a failed run's traceback reach the console (all of it is in the log)."""
 
 
-class _Follower:
-    """Reads the new complete lines of a file that another writer appends to."""
+class LineFollower:
+    """Reads the new complete lines of a file that another writer appends to.
+
+    What the file holds when following starts is skipped (a metrics file chosen with VERL_FILE_LOGGER_PATH may hold
+    an earlier start's records until verl truncates it), and a truncated file is read again from its start.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.offset = 0
+        self.offset = path.stat().st_size if path.is_file() else 0
         self.partial = b""
 
     def new_lines(self) -> list[str]:
         try:
             with self.path.open("rb") as file:
+                if os.fstat(file.fileno()).st_size < self.offset:
+                    self.offset, self.partial = 0, b""
                 file.seek(self.offset)
                 chunk = file.read()
         except FileNotFoundError:
@@ -72,8 +78,8 @@ class RunOutput:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
-        self.log = _Follower(paths.log)
-        self.metrics = _Follower(paths.metrics)
+        self.log = LineFollower(paths.log)
+        self.metrics = LineFollower(paths.metrics)
 
     def say(self, line: str, elapsed: bool = False) -> None:
         """One line on the console (with the time since start when `elapsed`)."""

@@ -9,6 +9,8 @@ records as the trainer does. The real run is covered by tests/test_console_e2e.p
 import subprocess
 import sys
 
+from lambda_grpo.run_output import LineFollower
+
 DRIVER = r'''
 import json, os, sys, time
 from lambda_grpo import run_files
@@ -86,3 +88,17 @@ def test_ctrl_c_ends_with_the_summary_and_status_130(tmp_path):
     result, _ = drive(tmp_path, "interrupt")
     assert result.returncode == 130
     assert "interrupted after" in result.stdout and "Traceback" not in result.stdout
+
+
+def test_the_follower_reads_complete_new_lines_and_survives_truncation(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 9, "data": {}}\n')  # an earlier start's record in a reused file: not this start's
+    follower = LineFollower(path)
+    assert follower.new_lines() == []
+    path.write_text('{"step": 1')  # verl truncates the file on start, then writes
+    assert follower.new_lines() == []  # no line until it is complete
+    with path.open("a") as file:
+        file.write(', "data": {}}\n{"step": 2, "data": {}}\n')
+    assert follower.new_lines() == ['{"step": 1, "data": {}}', '{"step": 2, "data": {}}']
+    assert follower.new_lines() == []
+    assert LineFollower(tmp_path / "not yet there.jsonl").new_lines() == []
