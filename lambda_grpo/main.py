@@ -13,16 +13,16 @@ with it the job joins that cluster.
 
 from __future__ import annotations
 
-import os
 import sys
-import time
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from lambda_grpo import run_files
 from lambda_grpo.config import CONFIG_MODULE, CONFIG_NAME, ConfigError, apply_choices, config_dir, validate
 from lambda_grpo.local_ray_token import secure_local_token
+from lambda_grpo.run_output import RunOutput
 
 # The configs beside the code (a checkout, a Ray job's uploaded working dir), else the packaged copy.
 CONFIG_PATH = str(config_dir() or f"pkg://{CONFIG_MODULE}")
@@ -40,18 +40,29 @@ def main(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig) -> None:
-    """Train with a validated config: verl's run_ppo with the λ-GRPO TaskRunner."""
-    _require_loss_registered()
+    """Train with a validated config: verl's run_ppo with the λ-GRPO TaskRunner, behind the run's console.
+
+    The console shows the header, start-up progress, one line per step and the summary; everything verl, Ray
+    and vLLM print goes to <trainer.default_local_dir>/logs/<start>.log (lambda_grpo.run_output). A failed
+    run ends with the end of its traceback and the summary on the console, and exit status 1 (130 on Ctrl-C).
+    """
     _activate_platform(cfg)
-    _log_metrics_beside_checkpoints(cfg)
     # Before verl's ray.init: a local cluster's token file is created private (Ray's own is mode 644).
     if notice := secure_local_token(cfg.ray_kwargs.ray_init.get("address")):
         print(f"[lambda_grpo] {notice}")
-    from verl.trainer.main_ppo import run_ppo
+    paths = run_files.prepare(cfg, run_files.start_stamp())
+    output = RunOutput(cfg, paths)
+    output.start()
+    try:
+        _require_loss_registered()
+        from verl.trainer.main_ppo import run_ppo
 
-    from lambda_grpo.trainer import LambdaGRPOTaskRunner
+        from lambda_grpo.trainer import LambdaGRPOTaskRunner
 
-    run_ppo(cfg, task_runner_class=LambdaGRPOTaskRunner)
+        run_ppo(cfg, task_runner_class=LambdaGRPOTaskRunner)
+    except BaseException as error:  # noqa: BLE001  (every way a run ends reaches the console)
+        sys.exit(output.fail(error))
+    output.finish()
 
 
 def _require_loss_registered() -> None:
@@ -65,27 +76,6 @@ def _require_loss_registered() -> None:
             "point did not load. Reinstall lambda_grpo (pip install -e .) and run `python -c 'import lambda_grpo.plugin'` "
             "to see the import error."
         )
-
-
-def _log_metrics_beside_checkpoints(cfg: DictConfig) -> None:
-    """Point verl's `file` logger at <checkpoint dir>/metrics/<start time>.jsonl (unless the user chose).
-
-    verl's default is <cwd>/<project_name>/<experiment>.jsonl, which lands inside this package's folder
-    when run from a checkout, and its logger truncates the file on every start, so a resumed run would
-    erase the history of the first: each start gets its own file, next to the checkpoints it resumes.
-    """
-    loggers = cfg.trainer.logger
-    loggers = [loggers] if isinstance(loggers, str) else list(loggers)
-    env_vars = cfg.ray_kwargs.ray_init.runtime_env.env_vars
-    chosen = ("VERL_FILE_LOGGER_PATH", "VERL_FILE_LOGGER_ROOT")
-    if "file" not in loggers or any(key in os.environ or key in env_vars for key in chosen):
-        return
-    folder = os.path.join(os.path.abspath(os.path.expanduser(cfg.trainer.default_local_dir)), "metrics")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + ".jsonl")
-    with open_dict(cfg):
-        env_vars.VERL_FILE_LOGGER_PATH = path
-    print(f"[lambda_grpo] metrics (verl file logger): {path}")
 
 
 def _activate_platform(cfg: DictConfig) -> None:

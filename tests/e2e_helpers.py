@@ -1,11 +1,11 @@
 """Helpers for end-to-end tests that run verl's real trainer on CPU in a subprocess.
 
 `run_logged(cmd, ...)` runs a command in its own session with a timeout, tees its output into a log
-file, echoes progress lines (steps, phase markers, errors) to stdout as they come, records when each
-phase marker first appeared, and on timeout or exit kills every process the run left (Ray's GCS,
-raylet and workers, vLLM's engine processes) by PID. `read_metrics` parses verl's `file` logger
-(one JSON object per step). `run_lambda_grpo` runs `python -m lambda_grpo.main model_size=tiny_cpu` on
-this CPU machine with all of it.
+file, echoes it to stdout as it comes (the console of `lambda_grpo.main` is short; everything else goes
+to the run's own log file), records when each phase marker first appeared, and on timeout or exit kills
+every process the run left (Ray's GCS, raylet and workers, vLLM's engine processes) by PID.
+`read_metrics` parses verl's `file` logger (one JSON object per step). `run_lambda_grpo` runs
+`python -m lambda_grpo.main model_size=tiny_cpu` on this CPU machine with all of it.
 
 Importable from tests as `import e2e_helpers` (pyproject's pytest `pythonpath` includes tests/).
 """
@@ -17,7 +17,6 @@ import json
 import math
 import os
 import queue
-import re
 import shutil
 import subprocess
 import sys
@@ -30,25 +29,21 @@ from pathlib import Path
 import psutil
 
 PHASE_MARKERS = {
-    "ray_started": "Started a local Ray instance",
-    "trainer_workers_ready": "actor and ref model engine initialized",
-    "vllm_engine_started": "Initializing a V1 LLM engine",
-    "init_finished": "all initialize finished, ready to fit",
-    "step_1_done": "step:1 ",
-    "step_2_done": "step:2 ",
-    "step_3_done": "step:3 ",
+    "ray_started": "Ray started",
+    "trainer_workers_ready": "trainer workers ready",
+    "init_finished": "rollout and reward workers ready",
+    "step_1_done": "step 1/",
+    "step_2_done": "step 2/",
+    "step_3_done": "step 3/",
 }
-"""Phase name → a substring of the log line that marks its end (first occurrence counts)."""
+"""Phase name → a substring of the console line (lambda_grpo.console) that marks its end (first occurrence counts)."""
 
-_ECHO = re.compile(
-    r"step:\d+ |Training Progress|Traceback|\w+Error: |"
-    + "|".join(re.escape(marker) for marker in PHASE_MARKERS.values())
-)
 
 @dataclasses.dataclass
 class RunResult:
-    """What a run left: exit code, wall time, log file, phase times (s since start), the peak summed RSS
-    of its processes (GiB; shared pages counted once per process) and its per-step metrics."""
+    """What a run left: exit code, wall time, console output (log_path), phase times (s since start), the peak
+    summed RSS of its processes (GiB; shared pages counted once per process), its per-step metrics and the
+    run's own log file (everything verl, Ray and vLLM printed: <run dir>/logs/<start>.log)."""
 
     returncode: int
     wall_s: float
@@ -56,9 +51,15 @@ class RunResult:
     phases: dict[str, float]
     peak_rss_gib: float
     metrics: list[dict] = dataclasses.field(default_factory=list)
+    run_log_path: Path | None = None
+
+    def console_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """The console output, then the run's log file."""
+        run_log = self.run_log_path.read_text(errors="replace") if self.run_log_path else ""
+        return self.console_text() + run_log
 
 
 def kill_process_tree(root_pid: int, known: Iterable[psutil.Process] = ()) -> int:
@@ -161,8 +162,7 @@ def _record(line: str, elapsed: float, log, phases: dict[str, float]) -> None:
     for phase, marker in PHASE_MARKERS.items():
         if phase not in phases and marker in line:
             phases[phase] = round(elapsed, 1)
-    if _ECHO.search(line):
-        print(f"[e2e +{elapsed:6.1f}s] {line[:300]}", flush=True)
+    print(f"[e2e +{elapsed:6.1f}s] {line[:300]}", flush=True)  # the console of a run is short
 
 
 def _collect_descendants(pid: int, seen: dict[int, psutil.Process]) -> None:
@@ -218,12 +218,16 @@ def run_lambda_grpo(workdir: Path, overrides: Sequence[str], cache_dir: Path, ti
     }
     command = [sys.executable, "-m", "lambda_grpo.main", "model_size=tiny_cpu",
                f"+ray_kwargs.ray_init._temp_dir={ray_temp_dir}", *overrides]
-    before = set(workdir.glob("checkpoints/*/*/metrics/*.jsonl"))
+    metrics_files, log_files = "checkpoints/*/*/metrics/*.jsonl", "checkpoints/*/*/logs/*.log"
+    before = set(workdir.glob(metrics_files)) | set(workdir.glob(log_files))
     try:
-        run = run_logged(command, env=env, cwd=workdir, log_path=workdir / f"run{len(before)}.log",
+        console_log = workdir / f"run{len(list(workdir.glob('run*.log')))}.log"
+        run = run_logged(command, env=env, cwd=workdir, log_path=console_log,
                          timeout_s=timeout_s)
     finally:
         shutil.rmtree(ray_temp_dir, ignore_errors=True)
-    new_files = sorted(set(workdir.glob("checkpoints/*/*/metrics/*.jsonl")) - before)
-    run.metrics = read_metrics(new_files[-1]) if new_files else []
+    new_metrics = sorted(set(workdir.glob(metrics_files)) - before)
+    run.metrics = read_metrics(new_metrics[-1]) if new_metrics else []
+    new_logs = sorted(set(workdir.glob(log_files)) - before)
+    run.run_log_path = new_logs[-1] if new_logs else None
     return run
