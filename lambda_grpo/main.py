@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> None:
     """Train with a validated config: verl's run_ppo with the λ-GRPO TaskRunner."""
-    _require_loss_registered()
+    _require_plugin_loaded()
     _activate_platform(cfg)
     _log_metrics_beside_checkpoints(cfg)
     from verl.trainer.main_ppo import run_ppo
@@ -50,16 +50,14 @@ def run(cfg: DictConfig) -> None:
     run_ppo(cfg, task_runner_class=LambdaGRPOTaskRunner)
 
 
-def _require_loss_registered() -> None:
+def _require_plugin_loaded() -> None:
     """verl swallows plugin import errors: make sure ours loaded before any Ray process starts."""
     import verl  # noqa: F401  (loads the verl.plugins entry points)
-    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
 
-    if "lambda_grpo" not in POLICY_LOSS_REGISTRY:
+    if "lambda_grpo.plugin" not in sys.modules:
         raise RuntimeError(
-            "the 'lambda_grpo' loss is not registered after `import verl`: the package's verl.plugins entry "
-            "point did not load. Reinstall lambda_grpo (pip install -e .) and run `python -c 'import lambda_grpo.plugin'` "
-            "to see the import error."
+            "lambda_grpo's verl.plugins entry point did not load on `import verl`. Reinstall lambda_grpo "
+            "(pip install -e .) and run `python -c 'import lambda_grpo.plugin'` to see the import error."
         )
 
 

@@ -19,9 +19,9 @@ What it checks, each finding reported as OK, WARN or FAIL:
      `trainer.resume_mode=auto` finds nothing to resume from;
    - each GPU has the memory the model size needs (`GPU_MEMORY_GB`, the one place it is stated);
    - the loss is registered: `verl.trainer.ppo.core_algos.get_policy_loss_fn(name)` resolves for
-     `lambda_grpo` and for the configured `actor_rollout_ref.actor.policy_loss.loss_mode`, loaded
-     the way training's workers load it (verl's plugin import on `import verl`, nothing imported
-     by hand);
+     the configured surrogate `actor_rollout_ref.actor.policy_loss.loss_mode` (λ-GRPO weights it;
+     it registers no loss of its own), loaded the way training's workers load it (verl's plugin
+     import on `import verl`, nothing imported by hand);
    - the job's runtime-environment variables arrived with the values the job asked for.
 
 Exit status: 0 when nothing FAILed, 1 otherwise, 2 for a usage error.
@@ -46,8 +46,6 @@ from typing import Any
 import ray
 
 from lambda_grpo.config import ray_job_runtime_env
-
-LAMBDA_GRPO_LOSS = "lambda_grpo"
 
 
 @dataclass(frozen=True)
@@ -153,7 +151,7 @@ def requirements_from_config(cfg, model_size: str | None) -> RunRequirements:
         nnodes=int(trainer.nnodes),
         gpus_per_node=int(trainer.n_gpus_per_node) if on_gpu else 0,
         gpu_memory=GPU_MEMORY_GB[model_size] if on_gpu else None,
-        loss_names=tuple(dict.fromkeys([LAMBDA_GRPO_LOSS, loss_mode])),
+        loss_names=(loss_mode,),
         extra_paths={k: str(v) for k, v in extra.items() if v},
     )
 
