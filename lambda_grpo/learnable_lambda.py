@@ -24,7 +24,6 @@ actor's AdamW with λ added as one extra parameter group, and owns everything λ
   optimizer state per rank with every actor checkpoint, so resume restores λ on every rank.
 - **Fixed λ** (`trainable=False`, the ablation): λ is a constant tensor, gets no parameter group and no
   optimizer state, and never changes.
-
 - **Per-step report.** `take_step_report()` returns λ, the averaged gradient of every update since the
   last report and the causes of the updates skipped since then, and starts the next report.
 

@@ -66,7 +66,7 @@ def weighted_ppo_loss(
     mask = padded(data["response_mask"]).bool()
     if row_weights.shape != mask.shape[:1]:
         raise ValueError(f"row_weights must have shape ({mask.shape[0]},) like the batch, got {tuple(row_weights.shape)}")
-    token_dtype = padded(data["old_log_probs"]).dtype
+    token_dtype = data["old_log_probs"].dtype
     per_row = row_weights.double() * aggregation_rescale(
         surrogate.aggregation or config.loss_agg_mode, mask.sum(-1), *token_and_row_counts(data, mask)
     )
