@@ -21,7 +21,8 @@ What it checks, each finding reported as OK, WARN or FAIL:
    - the loss is registered: `verl.trainer.ppo.core_algos.get_policy_loss_fn(name)` resolves for
      the configured surrogate `actor_rollout_ref.actor.policy_loss.loss_mode` (λ-GRPO weights it;
      it registers no loss of its own), loaded the way training's workers load it (verl's plugin
-     import on `import verl`, nothing imported by hand);
+     import on `import verl`, nothing imported by hand), and lambda_grpo's `verl.plugins` entry point
+     loaded there (from which copy of the code: under `ray job submit`, the uploaded one);
    - the job's runtime-environment variables arrived with the values the job asked for.
 
 Exit status: 0 when nothing FAILed, 1 otherwise, 2 for a usage error.
@@ -224,6 +225,14 @@ def _loss_fact(name: str) -> dict[str, Any]:
             "file": getattr(module, "__file__", None)}
 
 
+def _plugin_fact() -> dict[str, Any]:
+    """Whether `import verl` loaded lambda_grpo's entry point in this process, and from which file."""
+    import verl  # noqa: F401  (loads the verl.plugins entry points)
+
+    plugin = sys.modules.get("lambda_grpo.plugin")
+    return {"loaded": plugin is not None, "file": getattr(plugin, "__file__", None)}
+
+
 def node_facts(req: RunRequirements, env_keys: Sequence[str]) -> dict[str, Any]:
     """Everything the checks need to know about the node this runs on (run as a Ray task)."""
     model = _path_fact(req.model_path)
@@ -240,6 +249,7 @@ def node_facts(req: RunRequirements, env_keys: Sequence[str]) -> dict[str, Any]:
         "gpus": _gpu_facts(),
         "shm_bytes": shm,
         "losses": [_loss_fact(name) for name in req.loss_names],
+        "plugin": _plugin_fact(),
         "env": {key: os.environ.get(key) for key in env_keys},
     }
 
@@ -325,6 +335,11 @@ def check_node(where: str, facts: dict[str, Any], req: RunRequirements, expected
     findings += [_check_path(where, key, fact) for key, fact in facts["extra_paths"].items()]
     findings.append(_check_checkpoint_dir(where, facts["checkpoint_dir"], uploaded_working_dir))
     findings += _check_gpus(where, facts["gpus"], req, facts["shm_bytes"])
+    if facts["plugin"]["loaded"]:
+        findings.append(Finding("OK", where, f"lambda_grpo plugin loaded: {facts['plugin']['file']}"))
+    else:
+        findings.append(Finding("FAIL", where, "lambda_grpo's verl.plugins entry point did not load on `import verl` "
+                                               "in a Ray worker (pip install lambda_grpo on every node)"))
     for loss in facts["losses"]:
         if loss["ok"]:
             findings.append(Finding("OK", where, f"loss {loss['name']!r} registered: {loss['function']} ({loss['file']})"))

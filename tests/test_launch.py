@@ -298,9 +298,9 @@ def test_preflight_job_passes_with_runtime_env_and_overrides_intact(head, tmp_pa
     assert received_overrides(logs.stdout) == overrides
     for name, value in RUNTIME_ENV["env_vars"].items():
         assert f"{name}={value}" in logs.stdout
-    # Registered in the worker from the uploaded copy of the repository.
-    assert re.search(r"\[OK  \] node 127\.0\.0\.1 .*loss 'lambda_grpo' registered: lambda_grpo\..*"
-                     r"working_dir_files/.*/lambda_grpo/loss\.py", logs.stdout)
+    # The plugin loaded in the worker from the uploaded copy of the repository.
+    assert re.search(r"\[OK  \] node 127\.0\.0\.1 .*lambda_grpo plugin loaded: "
+                     r".*working_dir_files/.*/lambda_grpo/plugin\.py", logs.stdout)
 
 
 @pytest.mark.ray

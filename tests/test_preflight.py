@@ -47,6 +47,7 @@ def facts(**changes) -> dict:
         "gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_bytes": 85_520_809_984}] * 8,
         "shm_bytes": 64 * 10**9,
         "losses": [{"name": "vanilla", "ok": True, "function": "verl.trainer.ppo.core_algos.f", "file": "/x/core_algos.py"}],
+        "plugin": {"loaded": True, "file": "/x/lambda_grpo/plugin.py"},
         "env": {"VERL_USE_EXTERNAL_MODULES": "lambda_grpo.plugin"},
     }
     return {**base, **changes}
@@ -182,6 +183,11 @@ def test_unregistered_loss_fails_with_verls_error():
     assert fails(judge(node)) == ["loss 'my_loss' not registered in a Ray worker: ValueError: Unsupported loss mode"]
 
 
+def test_plugin_that_did_not_load_fails():
+    (message,) = fails(judge(facts(plugin={"loaded": False, "file": None})))
+    assert message.startswith("lambda_grpo's verl.plugins entry point did not load")
+
+
 def test_runtime_env_that_did_not_arrive_fails():
     (message,) = fails(judge(facts(env={"VERL_USE_EXTERNAL_MODULES": None})))
     assert message.startswith("runtime env did not arrive: {'VERL_USE_EXTERNAL_MODULES': None}")
@@ -202,6 +208,7 @@ def test_node_facts_in_this_process(tmp_path):
     assert gathered["checkpoint_dir"]["ancestor"] == str(tmp_path) and gathered["checkpoint_dir"]["writable"]
     (loss,) = gathered["losses"]
     assert loss["ok"] and loss["function"] == "verl.trainer.ppo.core_algos.compute_policy_loss_vanilla"
+    assert gathered["plugin"]["loaded"] and gathered["plugin"]["file"].endswith("lambda_grpo/plugin.py")
     assert gathered["env"] == {"LAMBDA_GRPO_SURELY_UNSET": None}
     assert fails(preflight.check_node("here", gathered, req, {}, uploaded_working_dir=False)) == [
         f"data.train_files: {tmp_path / 'no.parquet'} not found"]
