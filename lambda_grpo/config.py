@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lambda_grpo import VERL_VERSION
 from lambda_grpo import tiny_assets  # noqa: F401  (registers the ${lambda_grpo.tiny:...} resolver of tiny_cpu)
 from lambda_grpo.learnable_lambda import LambdaOptions
-from lambda_grpo.weights import OptionError, WeightOptions
+from lambda_grpo.surrogates import Surrogate, UnsupportedSurrogate, surrogate_for
+from lambda_grpo.weights import OptionError, WeightOptions, check_lambda_range
 
 CONFIG_MODULE = "lambda_grpo.configs"
 CONFIG_NAME = "lambda_grpo"
@@ -106,6 +107,18 @@ def lambda_options(cfg: DictConfig) -> LambdaOptions:
     )
 
 
+def policy_surrogate(cfg: DictConfig) -> Surrogate:
+    """How the configured policy loss carries the weights (lambda_grpo.surrogates); ConfigError if it cannot."""
+    loss_mode = cfg.actor_rollout_ref.actor.policy_loss.loss_mode
+    custom = cfg.lambda_grpo.custom_surrogates
+    if not (OmegaConf.is_list(custom) or isinstance(custom, list)) or not all(isinstance(name, str) for name in custom):
+        raise ConfigError(f"lambda_grpo.custom_surrogates: must be a list of loss names, got {custom!r}")
+    try:
+        return surrogate_for(loss_mode, custom)
+    except UnsupportedSurrogate as error:
+        raise ConfigError(f"actor_rollout_ref.actor.policy_loss.loss_mode: {error}") from error
+
+
 def validate(cfg: DictConfig, check_paths: bool = True) -> None:
     """Every start-up check; raises ConfigError naming the key. `check_paths=False` skips file checks."""
     _check_verl_version()
@@ -148,15 +161,12 @@ def _check_required(cfg: DictConfig) -> None:
 
 def _check_loss_wiring(cfg: DictConfig, options: WeightOptions) -> None:
     actor = cfg.actor_rollout_ref.actor
-    if actor.policy_loss.loss_mode != "lambda_grpo":
-        raise ConfigError(
-            f"actor_rollout_ref.actor.policy_loss.loss_mode: must be lambda_grpo (got {actor.policy_loss.loss_mode!r}); "
-            "every algo of the family runs through it, the scheme is lambda_grpo.scheme"
-        )
+    policy_surrogate(cfg)
     if actor.loss_agg_mode != "token-mean":
         raise ConfigError(
             f"actor_rollout_ref.actor.loss_agg_mode: must be token-mean (got {actor.loss_agg_mode!r}); "
-            "choose the aggregation with algo=grpo|dapo|dr_grpo|lambda_grpo instead"
+            "choose the aggregation with algo=grpo|dapo|dr_grpo|lambda_grpo instead (grpo is seq-mean-token-mean, "
+            "dr_grpo seq-mean-token-sum-norm; entropy and KL terms stay token-mean)"
         )
     n = int(cfg.actor_rollout_ref.rollout.n)
     if n < 2:
@@ -164,26 +174,42 @@ def _check_loss_wiring(cfg: DictConfig, options: WeightOptions) -> None:
             f"actor_rollout_ref.rollout.n: group methods need at least 2 responses per prompt (got {n})"
         )
     if options.scheme == "lambda":
-        optimizer = (actor.optim.optimizer_impl, actor.optim.optimizer)
-        if optimizer != LAMBDA_OPTIMIZER:
-            raise ConfigError(
-                f"actor_rollout_ref.actor.optim.optimizer: scheme lambda keeps λ in {'.'.join(LAMBDA_OPTIMIZER)} "
-                f"(got {'.'.join(optimizer)}); use algo=lambda_grpo, which sets optimizer_impl and optimizer"
-            )
-        if bool(cfg.lambda_grpo.lambda_trainable):
-            for direction in ("save_contents", "load_contents"):
-                contents = list(actor.checkpoint.get(direction) or [])
-                if "optimizer" not in contents:
-                    raise ConfigError(
-                        f"actor_rollout_ref.actor.checkpoint.{direction}: must include 'optimizer' (got {contents}); "
-                        "λ is saved and restored with the actor's optimizer state"
-                    )
-        if int(actor.get("ulysses_sequence_parallel_size", 1)) != 1:
-            raise ConfigError(
-                "actor_rollout_ref.actor.ulysses_sequence_parallel_size: must be 1 with the lambda scheme "
-                "(λ's gradient is averaged over all actor ranks, which equals the data-parallel group only "
-                "without sequence parallelism)"
-            )
+        _check_lambda(cfg, options, n)
+
+
+def _check_lambda(cfg: DictConfig, options: WeightOptions, n: int) -> None:
+    """What the learnable λ needs: its optimizer, checkpointed state, a safe range, a skip limit, no SP."""
+    actor = cfg.actor_rollout_ref.actor
+    optimizer = (actor.optim.optimizer_impl, actor.optim.optimizer)
+    if optimizer != LAMBDA_OPTIMIZER:
+        raise ConfigError(
+            f"actor_rollout_ref.actor.optim.optimizer: scheme lambda keeps λ in {'.'.join(LAMBDA_OPTIMIZER)} "
+            f"(got {'.'.join(optimizer)}); use algo=lambda_grpo, which sets optimizer_impl and optimizer"
+        )
+    try:
+        check_lambda_range(lambda_options(cfg).bounds, options.r, n)
+    except ValueError as error:
+        raise ConfigError(f"lambda_grpo.lambda_bounds: {error}") from error
+    limit = cfg.lambda_grpo.max_consecutive_skipped_steps
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigError(
+            f"lambda_grpo.max_consecutive_skipped_steps: must be an integer >= 1 (got {limit!r}): the number of "
+            "training steps in a row in which λ may skip an update before the run stops"
+        )
+    if bool(cfg.lambda_grpo.lambda_trainable):
+        for direction in ("save_contents", "load_contents"):
+            contents = list(actor.checkpoint.get(direction) or [])
+            if "optimizer" not in contents:
+                raise ConfigError(
+                    f"actor_rollout_ref.actor.checkpoint.{direction}: must include 'optimizer' (got {contents}); "
+                    "λ is saved and restored with the actor's optimizer state"
+                )
+    if int(actor.get("ulysses_sequence_parallel_size", 1)) != 1:
+        raise ConfigError(
+            "actor_rollout_ref.actor.ulysses_sequence_parallel_size: must be 1 with the lambda scheme "
+            "(λ's gradient is averaged over all actor ranks, which equals the data-parallel group only "
+            "without sequence parallelism)"
+        )
 
 
 def _check_trainer(cfg: DictConfig) -> None:

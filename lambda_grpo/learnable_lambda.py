@@ -8,9 +8,11 @@ actor's AdamW with λ added as one extra parameter group, and owns everything λ
   the model's gradients, so the average is the gradient of the global-batch loss, for λ as for the model.
   Every rank joins the all-reduce (a rank whose micro-batches never touched λ contributes 0), so no rank
   can deadlock or drift.
-- **Non-finite gradients.** If the averaged gradient is not finite (NaN/inf on any rank), λ is left
-  unchanged on every rank, exactly as verl's engine skips the model update when its grad norm is not
-  finite. (When the model's grad norm is not finite, verl does not call `step` at all, so λ stays too.)
+- **Skipped updates.** If the averaged gradient is not finite (NaN/inf on any rank), λ is left unchanged
+  on every rank, exactly as verl's engine skips the model update when its grad norm is not finite. When the
+  model's grad norm is not finite verl does not call `step` at all and zeroes the gradients instead; a λ
+  gradient that reaches `zero_grad` unconsumed is counted as a skipped update too. Every skip is recorded
+  with its cause, so the driver can warn and stop a run whose λ no longer learns (`take_step_report`).
 - **Clipping.** The actor's `clip_grad` covers `module.parameters()` only, so λ is not clipped: λ is a
   single scalar under Adam, whose step is ≈ lr whatever the gradient's scale, and `bounds` clamp it after
   each step. Folding it into the model's norm would couple λ's step size to billions of unrelated
@@ -22,6 +24,8 @@ actor's AdamW with λ added as one extra parameter group, and owns everything λ
   optimizer state per rank with every actor checkpoint, so resume restores λ on every rank.
 - **Fixed λ** (`trainable=False`, the ablation): λ is a constant tensor, gets no parameter group and no
   optimizer state, and never changes.
+- **Per-step report.** `take_step_report()` returns λ, the averaged gradient of every update since the
+  last report and the causes of the updates skipped since then, and starts the next report.
 
 The loss path finds λ through `active_lambda_optimizer()`: one actor, hence one λ optimizer, per worker
 process. Wire it with verl's optimizer hook: `actor.optim.optimizer_impl=lambda_grpo.learnable_lambda`,
@@ -115,9 +119,13 @@ class LambdaAdamW(torch.optim.AdamW):
             self.add_param_group(
                 {"params": [self.lam], "lr": self.lambda_options.lr, "weight_decay": 0.0, STATE_KEY: True}
             )
-        self.last_lambda_grad: float | None = None
         self.lambda_updates = 0
         self.lambda_skipped = 0
+        self._step_grads: list[float] = []
+        self._step_skips: list[str] = []
+        self._grad_pending = False
+        if self.lambda_options.trainable:
+            self.lam.register_post_accumulate_grad_hook(self._mark_grad_pending)
         _set_active(self)
 
     @property
@@ -130,6 +138,7 @@ class LambdaAdamW(torch.optim.AdamW):
         """Average λ's gradient over ranks, drop it if not finite, step everything, clamp λ."""
         group = self.lambda_group
         if group is not None:
+            self._grad_pending = False
             self._sync_lambda_grad()
             if not self.lambda_options.follow_lr_schedule:
                 group["lr"] = self.lambda_options.lr
@@ -139,6 +148,19 @@ class LambdaAdamW(torch.optim.AdamW):
             self.lambda_updates += 1
         return loss
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero every gradient; a λ gradient that no `step` consumed counts as a skipped update."""
+        if self._grad_pending:
+            self._record_skip(
+                "the optimizer step was skipped (verl skips the whole update, λ's included, when the model's "
+                "gradient norm is not finite)"
+            )
+            self._grad_pending = False
+        super().zero_grad(set_to_none=set_to_none)
+
+    def _mark_grad_pending(self, _: torch.Tensor) -> None:
+        self._grad_pending = True
+
     def _sync_lambda_grad(self) -> None:
         grad = self.lam.grad if self.lam.grad is not None else torch.zeros_like(self.lam)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -147,12 +169,15 @@ class LambdaAdamW(torch.optim.AdamW):
             grad /= dist.get_world_size()
         if torch.isfinite(grad):
             self.lam.grad = grad
-            self.last_lambda_grad = float(grad)
+            self._step_grads.append(float(grad))
         else:
-            logger.warning("λ gradient is not finite (%s) on some rank: λ left unchanged this step", float(grad))
             self.lam.grad = None
-            self.last_lambda_grad = float(grad)
-            self.lambda_skipped += 1
+            self._record_skip(f"λ's gradient was not finite ({float(grad)}) on some rank")
+
+    def _record_skip(self, cause: str) -> None:
+        logger.warning("λ update skipped: %s; λ left unchanged", cause)
+        self.lambda_skipped += 1
+        self._step_skips.append(cause)
 
     def state_dict(self) -> dict[str, Any]:
         """AdamW's state dict (λ's moments included) plus λ's value and counters under STATE_KEY."""
@@ -188,15 +213,24 @@ class LambdaAdamW(torch.optim.AdamW):
         self.lambda_updates = int(saved["updates"])
         self.lambda_skipped = int(saved["skipped"])
 
-    def lambda_state(self) -> dict[str, float | int | bool | None]:
-        """λ, its last averaged gradient, and update counters, as plain Python values (for logging)."""
+    def lambda_state(self) -> dict[str, float | int | bool]:
+        """λ and its cumulative update counters, as plain Python values (for logging and checkpoints)."""
         return {
             "lambda": self.lam.detach().item(),
-            "lambda_grad": self.last_lambda_grad,
             "updates": self.lambda_updates,
             "skipped": self.lambda_skipped,
             "trainable": self.lambda_options.trainable,
         }
+
+    def take_step_report(self) -> dict[str, Any]:
+        """`lambda_state()` plus what happened since the last report, then start a new one.
+
+        Returns, besides lambda_state's keys: "grads", the DP-averaged gradient of every λ update since the
+        last report (in order), and "skips", the cause of every update skipped since then.
+        """
+        report = {**self.lambda_state(), "grads": self._step_grads, "skips": self._step_skips}
+        self._step_grads, self._step_skips = [], []
+        return report
 
 
 def active_lambda_optimizer() -> LambdaAdamW:

@@ -1,133 +1,130 @@
-"""The `lambda_grpo` policy loss, registered in verl's policy-loss registry (verl glue).
+"""λ-GRPO's policy loss on one micro-batch: per-response weights through verl's `rollout_is_weights` (verl glue).
 
-    L = Σ_i f_i Σ_t ℓ_it(A_i) · dp / T          (verl's "token-mean" agg_loss, global normalisation)
+    L = Σ_i f_i Σ_t w_it·ℓ_it · dp / T   (+ verl's entropy and KL terms, unchanged: token-mean)
 
-ℓ_it is verl's own clipped surrogate (`compute_policy_loss_vanilla`: ratio clip, dual clip, rollout-IS
-weights), T = `batch_num_tokens` counted over the global mini-batch by verl's engine and handed to the loss
-in `config.global_batch_info`, f_i the per-response weights of `lambda_grpo.weights`.
+ℓ_it is the token loss of the user's surrogate (`actor.policy_loss.loss_mode`, lambda_grpo.surrogates), w_it
+the real rollout-correction IS weights (1 without `algorithm.rollout_correction`), T = `batch_num_tokens` and
+dp = `dp_size` as verl's engine counts them over the global mini-batch, f_i the per-response weights of
+`lambda_grpo.weights` (with λ's graph, when λ is learned).
 
-Weighting a response by f_i is the same as scaling its advantage, ℓ(f·A) = f·ℓ(A) for f > 0, because
-every branch of the clipped surrogate (min/max with the clipped ratio, the dual-clip bound, the sign test
-on A) is positively homogeneous in A; by Euler's theorem the gradients in f (hence in λ) agree too. We
-multiply the per-token loss, through the per-token weight verl's surrogate already applies
-(`rollout_is_weights`, combined with any rollout-correction weights): its backward to f is one product
-with ℓ, where scaled advantages would make every branch of the surrogate differentiate in A as well
-(measured by benchmarks/loss_overhead.py). The surrogate, its clip metrics and the normalisation stay
-verl's, and at f ≡ 1 (DAPO, λ = 0) the loss *is* verl's vanilla token-mean loss, bit for bit.
+One explicit data path: `weighted_ppo_loss` writes c_i·w_it into a copy of the micro-batch's
+`rollout_is_weights` field, c_i = f_i·κ_i, and calls verl's own `ppo_loss` unchanged, which hands the field to
+the surrogate; every accepted surrogate multiplies it into its per-token loss before `agg_loss`. κ_i undoes
+the aggregation a surrogate hard-codes, so the `algo` group decides the aggregation on every surrogate:
 
-verl's `ppo_loss` calls a registered loss with a fixed set of tensors and no per-sample extras, so the
-weights reach this loss in one of two ways:
-- explicitly, `sample_weights=...` (tests, or any caller of its own);
-- bound for the duration of one `ppo_loss` call with `sample_weights_bound(...)`: this is how the actor's
-  loss path (`lambda_grpo.actor_loss`) calls verl's unchanged `ppo_loss`, so entropy and KL terms and the
-  metric conventions stay verl's.
-Without either, the loss raises: a silent fallback to unit weights would quietly train DAPO.
+    token-mean            κ_i = 1                         (every surrogate but sapo; start-up fixes the mode)
+    seq-mean-token-mean   κ_i = (|o_i| + 1e-8)·N / T      (sapo: its Σ_t/(|o_i|+1e-8)/N becomes Σ_t/T)
+
+c_i is formed in float64 and cast to the token dtype once, so f ≡ 1 on a token-mean surrogate writes
+exactly 1.0: λ = 0 and algo=dapo are verl's own surrogate bit for bit, with or without IS weights.
+
+For REINFORCE-form surrogates (lambda_grpo.surrogates) the weights enter the surrogate detached, and λ's
+gradient comes from a term of value exactly 0,
+
+    J − sg(J),   J = Σ_i c_i Σ_t w_it·(−A_it·r_it) · dp / T,   r_it = exp(clamp(log π − log π_old, ±20))
+
+with log π detached: the importance-weighted policy objective of the same tensors (verl's ratio clamp), so
+the policy's loss value and gradient stay the surrogate's own and λ follows the objective.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator
 from typing import Any
 
 import torch
-from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla, register_policy_loss
+from tensordict import TensorDict
+from verl.trainer.ppo.core_algos import agg_loss
+from verl.workers.utils.losses import ppo_loss
+from verl.workers.utils.padding import no_padding_2_padding
 
-LOSS_NAME = "lambda_grpo"
+from lambda_grpo.surrogates import LAMBDA_FROM_RATIO_OBJECTIVE, SEQ_MEAN_TOKEN_MEAN, TOKEN_MEAN, Surrogate
+from lambda_grpo.weights import seq_mean_denominator
 
-_bound_sample_weights: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(
-    "lambda_grpo_sample_weights", default=None
-)
-
-
-class MissingSampleWeightsError(RuntimeError):
-    """The `lambda_grpo` loss was called without per-response weights."""
+IS_WEIGHTS_KEY = "rollout_is_weights"
 
 
-@contextlib.contextmanager
-def sample_weights_bound(sample_weights: torch.Tensor) -> Iterator[None]:
-    """Make `sample_weights` [B] the weights of every `lambda_grpo` loss call inside the block."""
-    token = _bound_sample_weights.set(sample_weights)
-    try:
-        yield
-    finally:
-        _bound_sample_weights.reset(token)
-
-
-@register_policy_loss(LOSS_NAME)
-def compute_policy_loss_lambda_grpo(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config: Any = None,
-    rollout_is_weights: torch.Tensor | None = None,
+def weighted_ppo_loss(
+    config: Any,
+    model_output: dict[str, torch.Tensor],
+    data: TensorDict,
+    dp_group: Any = None,
     *,
-    sample_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """verl's clipped surrogate weighted per response by f_i, aggregated by global token-mean.
+    row_weights: torch.Tensor,
+    surrogate: Surrogate,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """verl's `ppo_loss` on `data` with each response's token losses weighted by `row_weights` (f_i).
 
     Args:
-        old_log_prob, log_prob, advantages, response_mask: (bs, resp_len), as verl passes them.
-        loss_agg_mode: must be "token-mean": the family's normaliser is the token count Σ_j |o_j|.
-        config: the actor's `ActorConfig` (clip ratios, `global_batch_info`).
-        rollout_is_weights: optional (bs, resp_len) rollout-correction weights, as in verl.
-        sample_weights: (bs,) f_i > 0 (0 only for padding rows); may carry a gradient to λ. Falls back to the
-            weights bound by `sample_weights_bound`; with neither, raises MissingSampleWeightsError.
+        config: the actor's `ActorConfig`; `policy_loss.loss_mode` is `surrogate.loss_mode`.
+        model_output, data, dp_group: as verl's engine passes them to `ppo_loss`.
+        row_weights: [B] f_i ≥ 0 (0 for empty rows); may carry a gradient to λ.
+        surrogate: how the configured surrogate carries the weight.
 
     Returns:
-        The loss (a share of the global-batch loss, as verl's losses return it) and `actor/…` metrics:
-        verl's clip metrics plus `actor/lambda_grpo/weight_{min,max,mean}` over this micro-batch's
-        non-empty responses.
+        `ppo_loss`'s loss (this micro-batch's share of the global-batch loss) and its metrics.
     """
-    if sample_weights is None:
-        sample_weights = _bound_sample_weights.get()
-    if sample_weights is None:
-        raise MissingSampleWeightsError(
-            "the 'lambda_grpo' policy loss needs per-response weights (sample_weights) and got none. "
-            "Train through `python -m lambda_grpo.main`, which installs lambda_grpo.actor_loss as the "
-            "actor's loss function (it computes the weights from the group fields written by the driver); "
-            "a direct caller passes sample_weights=... or binds them with "
-            "lambda_grpo.loss.sample_weights_bound(...)."
-        )
-    if loss_agg_mode != "token-mean":
-        raise ValueError(
-            f"the 'lambda_grpo' loss aggregates by global token-mean (its normaliser is Σ_j |o_j|); "
-            f"got actor.loss_agg_mode={loss_agg_mode!r}. Set actor_rollout_ref.actor.loss_agg_mode=token-mean "
-            "and choose the scheme with lambda_grpo.scheme instead."
-        )
-    if sample_weights.shape != advantages.shape[:1]:
-        raise ValueError(
-            f"sample_weights must have shape ({advantages.shape[0]},) like the batch, got {tuple(sample_weights.shape)}"
-        )
-
-    token_weights = sample_weights.to(advantages.dtype).unsqueeze(-1)
-    if rollout_is_weights is not None:
-        token_weights = rollout_is_weights * token_weights
-    pg_loss, metrics = compute_policy_loss_vanilla(
-        old_log_prob=old_log_prob,
-        log_prob=log_prob,
-        advantages=advantages,
-        response_mask=response_mask,
-        loss_agg_mode=loss_agg_mode,
-        config=config,
-        rollout_is_weights=token_weights,
+    mask = padded(data["response_mask"]).bool()
+    if row_weights.shape != mask.shape[:1]:
+        raise ValueError(f"row_weights must have shape ({mask.shape[0]},) like the batch, got {tuple(row_weights.shape)}")
+    token_dtype = data["old_log_probs"].dtype
+    per_row = row_weights.double() * aggregation_rescale(
+        surrogate.aggregation or config.loss_agg_mode, mask.sum(-1), *token_and_row_counts(data, mask)
     )
-    metrics.update(_weight_metrics(sample_weights))
-    return pg_loss, metrics
+    weights = per_row.to(token_dtype).unsqueeze(-1).expand(mask.shape)
+    if IS_WEIGHTS_KEY in data.keys():
+        weights = padded(data[IS_WEIGHTS_KEY]).to(token_dtype) * weights
+    objective_from_ratio = surrogate.lambda_objective == LAMBDA_FROM_RATIO_OBJECTIVE and weights.requires_grad
+    micro_batch = data.copy()
+    micro_batch[IS_WEIGHTS_KEY] = weights.detach() if objective_from_ratio else weights
+    loss, metrics = ppo_loss(config, model_output, micro_batch, dp_group)
+    if objective_from_ratio:
+        loss = loss + ratio_objective_lambda_term(model_output, data, mask, weights)
+    return loss, metrics
 
 
-def _weight_metrics(sample_weights: torch.Tensor) -> dict[str, float]:
-    """min / max / mean of f over this micro-batch's non-empty responses (f > 0; 0.0 if it has none).
+def aggregation_rescale(mode: str, lengths: torch.Tensor, tokens: float, rows: float) -> torch.Tensor:
+    """κ_i [B] float64 turning the surrogate's aggregation `mode` into token-mean over T (module docstring)."""
+    if mode == TOKEN_MEAN:
+        return torch.ones(lengths.shape, dtype=torch.float64, device=lengths.device)
+    if mode == SEQ_MEAN_TOKEN_MEAN:
+        return seq_mean_denominator(lengths) * rows / tokens
+    raise ValueError(
+        f"the surrogate aggregates by {mode!r}; λ-GRPO's weights need token-mean "
+        "(set actor_rollout_ref.actor.loss_agg_mode=token-mean and choose the aggregation with algo=...)"
+    )
 
-    Every key is always present: verl aggregates metrics across ranks and micro-batches element-wise
-    and refuses lists of unequal length.
-    """
-    weights = sample_weights.detach()
-    weights = weights[weights > 0]
-    if weights.numel() == 0:
-        weights = torch.zeros(1, dtype=sample_weights.dtype, device=sample_weights.device)
-    values = torch.stack([weights.min(), weights.max(), weights.mean()]).tolist()
-    return {f"actor/lambda_grpo/weight_{name}": value for name, value in zip(("min", "max", "mean"), values)}
+
+def token_and_row_counts(data: TensorDict, mask: torch.Tensor) -> tuple[float, float]:
+    """(T, N) of the global mini-batch as verl's agg_loss uses them: `batch_num_tokens` and
+    `global_batch_size` from the engine, or, when absent (a single process), the micro-batch's valid tokens
+    and non-empty rows."""
+    tokens = _non_tensor(data, "batch_num_tokens")
+    rows = _non_tensor(data, "global_batch_size")
+    tokens = float(mask.sum()) if tokens is None else float(tokens)
+    rows = float((mask.sum(-1) > 0).sum()) if rows is None else float(rows)
+    return max(tokens, 1.0), max(rows, 1.0)
+
+
+def ratio_objective_lambda_term(
+    model_output: dict[str, torch.Tensor], data: TensorDict, mask: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """J − sg(J) for the importance-weighted policy objective J (module docstring): value 0, gradient ∂J/∂λ."""
+    log_prob = no_padding_2_padding(model_output["log_probs"], data).detach()
+    old_log_prob = padded(data["old_log_probs"])
+    advantages = padded(data["advantages"])
+    ratio = torch.exp(torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0))
+    tokens = _non_tensor(data, "batch_num_tokens")
+    objective = agg_loss(
+        -advantages * ratio * weights, mask, TOKEN_MEAN, dp_size=_non_tensor(data, "dp_size") or 1,
+        batch_num_tokens=tokens,
+    )
+    return objective - objective.detach()
+
+
+def padded(tensor: torch.Tensor) -> torch.Tensor:
+    """A per-token field as a right-padded tensor (TransferQueue hands them back nested)."""
+    return tensor.to_padded_tensor(0) if tensor.is_nested else tensor
+
+
+def _non_tensor(data: TensorDict, key: str) -> Any:
+    return data[key] if key in data.keys() else None

@@ -54,7 +54,7 @@ def run(cfg: DictConfig) -> None:
     output = RunOutput(cfg, paths)
     output.start()
     try:
-        _require_loss_registered()
+        _require_plugin_loaded()
         from verl.trainer.main_ppo import run_ppo
 
         from lambda_grpo.trainer import LambdaGRPOTaskRunner
@@ -65,16 +65,14 @@ def run(cfg: DictConfig) -> None:
     output.finish()
 
 
-def _require_loss_registered() -> None:
+def _require_plugin_loaded() -> None:
     """verl swallows plugin import errors: make sure ours loaded before any Ray process starts."""
     import verl  # noqa: F401  (loads the verl.plugins entry points)
-    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
 
-    if "lambda_grpo" not in POLICY_LOSS_REGISTRY:
+    if "lambda_grpo.plugin" not in sys.modules:
         raise RuntimeError(
-            "the 'lambda_grpo' loss is not registered after `import verl`: the package's verl.plugins entry "
-            "point did not load. Reinstall lambda_grpo (pip install -e .) and run `python -c 'import lambda_grpo.plugin'` "
-            "to see the import error."
+            "lambda_grpo's verl.plugins entry point did not load on `import verl`. Reinstall lambda_grpo "
+            "(pip install -e .) and run `python -c 'import lambda_grpo.plugin'` to see the import error."
         )
 
 

@@ -24,9 +24,10 @@ What it checks, each finding reported as OK, WARN or FAIL:
    - the NVIDIA driver (from `nvidia-smi`) is new enough for the CUDA that this node's torch was built
      with (`MIN_DRIVER_FOR_CUDA`: torch 2.11.0+cu130 needs >= 580), and torch is a CUDA build at all;
    - the loss is registered: `verl.trainer.ppo.core_algos.get_policy_loss_fn(name)` resolves for
-     `lambda_grpo` and for the configured `actor_rollout_ref.actor.policy_loss.loss_mode`, loaded
-     the way training's workers load it (verl's plugin import on `import verl`, nothing imported
-     by hand);
+     the configured surrogate `actor_rollout_ref.actor.policy_loss.loss_mode` (λ-GRPO weights it;
+     it registers no loss of its own), loaded the way training's workers load it (verl's plugin
+     import on `import verl`, nothing imported by hand), and lambda_grpo's `verl.plugins` entry point
+     loaded there (from which copy of the code: under `ray job submit`, the uploaded one);
    - the job's runtime-environment variables arrived with the values the job asked for.
 
 Exit status: 0 when nothing FAILed, 1 otherwise, 2 for a usage error.
@@ -53,8 +54,6 @@ import ray
 from lambda_grpo.checkpoint_size import CheckpointPlan, count_parameters, extra_file_bytes
 from lambda_grpo.config import ray_job_runtime_env
 from lambda_grpo.local_ray_token import secure_local_token
-
-LAMBDA_GRPO_LOSS = "lambda_grpo"
 
 
 @dataclass(frozen=True)
@@ -168,7 +167,7 @@ def requirements_from_config(cfg, model_size: str | None) -> RunRequirements:
         nnodes=int(trainer.nnodes),
         gpus_per_node=int(trainer.n_gpus_per_node) if on_gpu else 0,
         gpu_memory=GPU_MEMORY_GB[model_size] if on_gpu else None,
-        loss_names=tuple(dict.fromkeys([LAMBDA_GRPO_LOSS, loss_mode])),
+        loss_names=(loss_mode,),
         extra_paths={k: str(v) for k, v in extra.items() if v},
         checkpoints=checkpoint_plan_from_config(cfg),
     )
@@ -309,6 +308,14 @@ def _loss_fact(name: str) -> dict[str, Any]:
             "file": getattr(module, "__file__", None)}
 
 
+def _plugin_fact() -> dict[str, Any]:
+    """Whether `import verl` loaded lambda_grpo's entry point in this process, and from which file."""
+    import verl  # noqa: F401  (loads the verl.plugins entry points)
+
+    plugin = sys.modules.get("lambda_grpo.plugin")
+    return {"loaded": plugin is not None, "file": getattr(plugin, "__file__", None)}
+
+
 def node_facts(req: RunRequirements, env_keys: Sequence[str]) -> dict[str, Any]:
     """Everything the checks need to know about the node this runs on (run as a Ray task)."""
     model = _path_fact(req.model_path)
@@ -328,6 +335,7 @@ def node_facts(req: RunRequirements, env_keys: Sequence[str]) -> dict[str, Any]:
         "torch": _torch_fact(),
         "shm_bytes": shm,
         "losses": [_loss_fact(name) for name in req.loss_names],
+        "plugin": _plugin_fact(),
         "env": {key: os.environ.get(key) for key in env_keys},
     }
 
@@ -472,6 +480,11 @@ def check_node(where: str, facts: dict[str, Any], req: RunRequirements, expected
     findings += _check_gpus(where, facts["gpus"], req, facts["shm_bytes"])
     if req.gpus_per_node and facts["gpus"]:
         findings += _check_driver(where, facts["gpus"], facts["torch"])
+    if facts["plugin"]["loaded"]:
+        findings.append(Finding("OK", where, f"lambda_grpo plugin loaded: {facts['plugin']['file']}"))
+    else:
+        findings.append(Finding("FAIL", where, "lambda_grpo's verl.plugins entry point did not load on `import verl` "
+                                               "in a Ray worker (pip install lambda_grpo on every node)"))
     for loss in facts["losses"]:
         if loss["ok"]:
             findings.append(Finding("OK", where, f"loss {loss['name']!r} registered: {loss['function']} ({loss['file']})"))

@@ -2,36 +2,47 @@
 
 Every scheme below shares one loss, differing only in the per-response weight f_i:
 
-    L = - Σ_i f_i Σ_t ℓ_it / Σ_j |o_j|                                        [P, R, I]
+    L = Σ_i f_i Σ_t ℓ_it / T          T = Σ_j |o_j|, the valid tokens of the global mini-batch    [P, R, I]
 
-with ℓ_it the clipped PPO surrogate of token t of response o_i and Σ_j |o_j| the number of valid tokens
-of the (global) batch. For the G_g responses of one prompt group g, with μ_g = mean_j |o_j|:
+with ℓ_it the token loss of response o_i's token t (the policy surrogate's). For the fixed members,
+μ̄ = T / N is the mini-batch's mean response length, N its number of rows (verl's `global_batch_size`,
+which counts the zero-mask padding rows verl appends); with it each fixed member *is* one of verl's
+aggregation modes, on any split of the mini-batch over micro-batches and ranks (T and N are global):
 
-    "dapo"     f_i = 1                                   token-mean (DAPO's aggregation)    [P]
-    "grpo"     f_i = μ_g / |o_i|                          sequence-mean of token-means       [S]
-    "dr_grpo"  f_i = μ_g / L_max                          constant normaliser (Dr. GRPO)     [S, I]
-    "lambda"   z_i = (|o_i| − μ_g) / (σ_g + eps)          σ_g: unbiased (ddof=1) std          [S, R]
-               h_i = 1 + r·z_i                            r = 1/9 in the paper                [R]
-               g_i = h_i^λ                                λ: one learnable global scalar      [S]
-               f_i = G_g · exp(g_i) / Σ_{j∈g} exp(g_j)    normalization="softmax"            [S, T]
-               f_i = G_g · g_i / Σ_{j∈g} g_j              normalization="power" (other reading) [R]
+    "dapo"     f_i = 1                      verl's token-mean: Σ_i Σ_t ℓ_it / T                    [P]
+    "grpo"     f_i = μ̄ / (|o_i| + 1e-8)     verl's seq-mean-token-mean: Σ_i (Σ_t ℓ_it/(|o_i|+1e-8)) / N,
+                                            GRPO's mean over responses of per-response token means [S, I]
+    "dr_grpo"  f_i = μ̄ / L_max              verl's seq-mean-token-sum-norm with loss_scale_factor = L_max:
+                                            Σ_i Σ_t ℓ_it / (N·L_max), Dr. GRPO's constant normaliser [S, I]
+
+(the 1e-8 is verl's own, so the equality is exact). λ-GRPO weighs responses within their prompt group g of
+G_g non-empty responses, μ_g and σ_g the group's length mean and unbiased (ddof=1) std:
+
+    "lambda"   z_i = (|o_i| − μ_g) / (σ_g + eps)                                                    [S, R]
+               h_i = 1 + r·z_i                            r = 1/9 in the paper                      [R]
+               g_i = h_i^λ                                λ: one learnable global scalar            [S]
+               f_i = G_g · exp(g_i) / Σ_{j∈g} exp(g_j)    normalization="softmax"                   [S, T]
+               f_i = G_g · g_i / Σ_{j∈g} g_j              normalization="power" (other reading)     [R]
 
 λ = 0 gives g ≡ 1 and f ≡ 1 exactly: DAPO. λ > 0 moves weight towards longer responses of a group, λ < 0
 towards shorter ones. Tags: [P] paper, [R] its reviews, [S] summaries, [T] third-party code, [I] inferred;
 see README "What λ-GRPO is".
 
 Conventions shared by all schemes:
-- A zero-length response (a padding row) gets f = 0 and is left out of its group's statistics; G_g counts
-  the group's non-empty responses.
+- An empty response (zero length: a padding row, a failed or rejected rollout) gets f = 0 and contributes
+  exactly 0 to λ's gradient; it is left out of its group's statistics (G_g counts non-empty responses).
+  Every masked entry is replaced by a safe value *before* pow/exp, so no 0·inf reaches the backward pass.
 - Singleton groups and zero-variance groups get z = 0 (so h = 1 and f = 1).
-- h ≤ 0 is impossible while r·(G−1)/√G < 1 (|z| ≤ (G−1)/√G for the unbiased std); `check_lift_positive`
-  rejects configurations where it could happen, at configuration time.
+- h ≤ 0 is impossible while r·(G−1)/√G < 1 (|z| ≤ (G−1)/√G for the unbiased std), and h^λ stays finite in
+  float32 while |λ| ≤ `max_safe_lambda(r, G)`; `check_lift_positive` and `check_lambda_range` refuse the
+  configurations that break either, at start-up.
 
-Two entry points compute the same numbers:
-- `response_weights(lengths, group_ids, ...)`: the whole batch is at hand (driver, tests, benchmarks).
-- `weights_from_group_lengths(group_lengths, position, ...)`: each row carries the lengths of its whole
-  group and its own position in it. This is what a loss sees in a micro-batch, where the other members of
-  a group sit in other micro-batches or on other ranks (`group_length_table` builds those rows).
+Entry points:
+- `response_weights(lengths, group_ids, scheme, ...)`: the whole batch is at hand (driver, tests, benchmarks).
+- `lambda_weights(group_lengths, position, options, λ)`: each row carries the lengths of its whole group and
+  its own position in it; this is what a loss sees in a micro-batch, where the other members of a group sit
+  in other micro-batches or on other ranks (`group_length_table` builds those rows).
+- `fixed_weights(lengths, options, mean_length)`: the fixed members, from each row's own length and μ̄.
 """
 
 from __future__ import annotations
@@ -45,6 +56,12 @@ import torch
 SCHEMES = ("dapo", "grpo", "dr_grpo", "lambda")
 NORMALIZATIONS = ("softmax", "power")
 PAPER_R = 1.0 / 9.0
+
+# verl's agg_loss divides each response's token sum by (|o_i| + 1e-8) in seq-mean-token-mean.
+SEQ_MEAN_EPS = 1e-8
+
+# ln of float32's largest finite value (≈ 88.72): h^λ must stay below it.
+FLOAT32_LOG_MAX = math.log(torch.finfo(torch.float32).max)
 
 GroupIds = Sequence[Hashable] | torch.Tensor
 
@@ -65,7 +82,7 @@ class WeightOptions:
         scheme: one of SCHEMES.
         r: lift slope of the "lambda" scheme, h = 1 + r·z.
         normalization: "softmax" or "power" (the "lambda" scheme only).
-        eps: added to the group std before dividing.
+        eps: > 0, added to the group std before dividing (an all-equal group would otherwise give 0/0).
         max_response_length: L_max of "dr_grpo" (required there, ignored elsewhere).
         max_group_size: the largest group the configuration can produce (rollout.n); when given,
             `check_lift_positive` proves h > 0 for every group up front.
@@ -87,8 +104,10 @@ class WeightOptions:
             )
         if not (math.isfinite(self.r) and self.r >= 0):
             raise OptionError("r", f"r must be a finite number >= 0, got {self.r!r}")
-        if not (math.isfinite(self.eps) and self.eps >= 0):
-            raise OptionError("eps", f"eps must be a finite number >= 0, got {self.eps!r}")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise OptionError(
+                "eps", f"eps must be a finite number > 0 (a group of equal lengths has σ = 0: z = 0/eps), got {self.eps!r}"
+            )
         if self.scheme == "dr_grpo" and (self.max_response_length is None or self.max_response_length <= 0):
             raise OptionError(
                 "max_response_length",
@@ -102,21 +121,56 @@ class WeightOptions:
                 raise OptionError("r", str(error)) from None
 
 
+def lift_bound(r: float, group_size: int) -> float:
+    """The largest |h − 1| = r·|z| a group of `group_size` responses can produce: r·(G−1)/√G (unbiased std)."""
+    return r * (group_size - 1) / math.sqrt(group_size) if group_size > 1 else 0.0
+
+
 def check_lift_positive(r: float, max_group_size: int) -> None:
     """Raise ValueError unless h = 1 + r·z > 0 for every group of up to `max_group_size` responses.
 
     With the unbiased std, |z_i| ≤ (G−1)/√G within a group of G, so h > 0 is guaranteed iff
-    r·(G−1)/√G < 1 (for r = 1/9: any G ≤ 81). The bound grows with G, so the largest group decides.
+    r·(G−1)/√G < 1 (for r = 1/9: any G ≤ 82). The bound grows with G, so the largest group decides.
     """
     if max_group_size < 1:
         raise ValueError(f"max_group_size must be >= 1, got {max_group_size}")
-    bound = r * (max_group_size - 1) / math.sqrt(max_group_size)
+    bound = lift_bound(r, max_group_size)
     if bound >= 1.0:
-        largest_safe = max((g for g in range(1, max_group_size + 1) if r * (g - 1) / math.sqrt(g) < 1.0), default=1)
+        largest_safe = max((g for g in range(1, max_group_size + 1) if lift_bound(r, g) < 1.0), default=1)
         raise ValueError(
             f"r={r:g} with groups of {max_group_size} responses allows h = 1 + r·z <= 0 "
             f"(r·(G−1)/√G = {bound:.3f} >= 1), where h^λ is undefined; lower r below "
             f"{math.sqrt(max_group_size) / (max_group_size - 1):.4f} or use groups of at most {largest_safe}"
+        )
+
+
+def max_safe_lambda(r: float, max_group_size: int) -> float:
+    """The largest |λ| for which h^λ, and its λ-derivative summed over a group, stay finite in float32.
+
+    h ranges over [1 − b, 1 + b] with b = `lift_bound(r, G)`, so |ln h| ≤ ℓ = max(ln(1 + b), −ln(1 − b)) and
+    h^λ ≤ e^{|λ|·ℓ}. The softmax's backward sums G terms h_j^λ·ln h_j (|ln h| < 1 here), so
+
+        |λ| ≤ (ln(float32 max) − ln G) / ℓ          (inf when r = 0 or G = 1: h ≡ 1)
+
+    keeps every forward and backward value finite. Requires b < 1 (`check_lift_positive`).
+    """
+    bound = lift_bound(r, max_group_size)
+    if bound == 0.0:
+        return math.inf
+    largest_log_lift = max(math.log1p(bound), -math.log1p(-bound))
+    return (FLOAT32_LOG_MAX - math.log(max_group_size)) / largest_log_lift
+
+
+def check_lambda_range(bounds: tuple[float, float], r: float, max_group_size: int) -> None:
+    """Raise ValueError if λ may leave the range where h^λ stays finite in float32 (`max_safe_lambda`)."""
+    limit = max_safe_lambda(r, max_group_size)
+    low, high = bounds
+    if max(-low, high) > limit:
+        bound = lift_bound(r, max_group_size)
+        raise ValueError(
+            f"bounds {[low, high]} let h^λ overflow float32 for groups of {max_group_size} with r={r:g} "
+            f"(h ∈ [{1 - bound:.4f}, {1 + bound:.4f}]): every loss would be NaN and training would stop "
+            f"learning; keep both bounds within ±{math.floor(limit * 100) / 100:g} for these settings"
         )
 
 
@@ -150,23 +204,26 @@ def group_length_table(
     return table[codes], position
 
 
-def weights_from_group_lengths(
+def lambda_weights(
     group_lengths: torch.Tensor,
     position: torch.Tensor,
     options: WeightOptions,
     lam: float | torch.Tensor = 0.0,
 ) -> torch.Tensor:
-    """f_i for every row, from its group's lengths (zeros = absent) and its own position in the group.
+    """λ-GRPO's f_i for every row, from its group's lengths (zeros = absent) and its own position in the group.
 
     Args:
         group_lengths: [B, W] lengths of the row's whole group, zero-padded (see `group_length_table`).
         position: [B] int64 column of the row's own response.
-        options: the scheme and its options.
+        options: a "lambda" scheme's options.
         lam: λ, a float or a 0-d tensor; with requires_grad the result is differentiable in it.
 
     Returns:
-        [B] weights in the floating dtype of `group_lengths` (or λ's, if wider); 0 for empty responses.
+        [B] weights in the floating dtype of `group_lengths` (or λ's, if wider); exactly 0, with exactly 0
+        gradient, for empty responses.
     """
+    if options.scheme != "lambda":
+        raise ValueError(f"lambda_weights computes the lambda scheme, got scheme={options.scheme!r}")
     if group_lengths.dim() != 2 or position.shape != group_lengths.shape[:1]:
         raise ValueError(
             f"group_lengths must be [B, W] and position [B]; got {tuple(group_lengths.shape)} "
@@ -176,19 +233,62 @@ def weights_from_group_lengths(
     lengths = group_lengths.to(dtype)
     present = lengths > 0
     group_size = present.sum(-1)
-    own_length = lengths.gather(1, position.long().unsqueeze(1)).squeeze(1)
-    own_present = own_length > 0
     group_mean = lengths.sum(-1) / group_size.clamp(min=1)
+    # Absent entries get deviation 0, so z = 0 and h = 1 there: h^λ = 1 and d(h^λ)/dλ = ln(1) = 0.
+    deviation = torch.where(present, lengths - group_mean.unsqueeze(1), torch.zeros_like(lengths))
+    variance = deviation.square().sum(-1) / (group_size - 1).clamp(min=1)
+    lift = 1 + options.r * deviation / (variance.sqrt() + options.eps).unsqueeze(1)
+    _check_lift_values(lift, present, options.r, lengths.shape[1])
 
-    if options.scheme == "dapo":
-        weights = torch.ones_like(own_length)
-    elif options.scheme == "grpo":
-        weights = group_mean / torch.where(own_present, own_length, torch.ones_like(own_length))
-    elif options.scheme == "dr_grpo":
-        weights = group_mean / options.max_response_length
+    powered = torch.pow(lift, torch.as_tensor(lam, dtype=dtype, device=lengths.device))
+    if options.normalization == "softmax":
+        # Shift by the group's largest present g (0 for a group with none): never ±inf, so exp stays finite
+        # in both branches of the `where` and the backward pass sees no 0·inf.
+        largest = torch.where(present, powered, torch.full_like(powered, -math.inf)).amax(-1, keepdim=True)
+        shift = torch.where(present.any(-1, keepdim=True), largest, torch.zeros_like(largest)).detach()
+        exponent = torch.where(present, powered - shift, torch.zeros_like(powered))
+        scores = torch.where(present, torch.exp(exponent), torch.zeros_like(powered))
     else:
-        weights = _lambda_weights(lengths, present, group_size, group_mean, position, options, lam, dtype)
+        scores = torch.where(present, powered, torch.zeros_like(powered))
+    own_score = scores.gather(1, position.long().unsqueeze(1)).squeeze(1)
+    # G·s_i/Σs rather than G·(s_i/Σs): at λ = 0 every s is exactly 1 and this is exactly 1.
+    weights = group_size.to(dtype) * own_score / scores.sum(-1).clamp(min=torch.finfo(dtype).tiny)
+    own_present = lengths.gather(1, position.long().unsqueeze(1)).squeeze(1) > 0
     return torch.where(own_present, weights, torch.zeros_like(weights))
+
+
+def fixed_weights(lengths: torch.Tensor, options: WeightOptions, mean_length: float) -> torch.Tensor:
+    """f_i of a fixed member (dapo, grpo, dr_grpo) from each row's own length and μ̄ (module docstring).
+
+    Args:
+        lengths: [B] the rows' valid lengths (the loss mask's counts, which verl's aggregation uses).
+        options: a "dapo", "grpo" or "dr_grpo" scheme's options.
+        mean_length: μ̄ = T / N of the (global) mini-batch.
+
+    Returns:
+        [B] float64 weights, 0 for empty rows.
+    """
+    if options.scheme not in ("dapo", "grpo", "dr_grpo"):
+        raise ValueError(f"fixed_weights computes dapo, grpo or dr_grpo, got scheme={options.scheme!r}")
+    denominator = seq_mean_denominator(lengths)
+    lengths = torch.as_tensor(lengths).to(torch.float64)
+    if options.scheme == "dapo":
+        weights = torch.ones_like(lengths)
+    elif options.scheme == "grpo":
+        weights = mean_length / denominator
+    else:
+        weights = torch.full_like(lengths, mean_length / options.max_response_length)
+    return torch.where(lengths > 0, weights, torch.zeros_like(weights))
+
+
+def seq_mean_denominator(lengths: torch.Tensor) -> torch.Tensor:
+    """|o_i| + 1e-8 exactly as verl's seq-mean-token-mean evaluates it, as float64 [B].
+
+    verl adds 1e-8 to the integer token count, which gives torch's default float dtype: in float32 the 1e-8
+    vanishes for |o_i| ≥ 1. Reproducing the expression keeps grpo ≡ seq-mean-token-mean to the last bit.
+    """
+    counts = torch.as_tensor(lengths).round().to(torch.int64)
+    return (counts + SEQ_MEAN_EPS).to(torch.float64)
 
 
 def response_weights(
@@ -200,58 +300,37 @@ def response_weights(
     normalization: str = "softmax",
     eps: float = 1e-6,
     max_response_length: int | None = None,
+    mean_length: float | None = None,
 ) -> torch.Tensor:
     """f_i of `scheme` for a whole batch of responses (formulas in the module docstring).
 
     Args:
-        lengths: [B] valid response lengths, any order; 0 marks a padding row (weight 0).
+        lengths: [B] valid response lengths, any order; 0 marks an empty row (weight 0).
         group_ids: B hashable prompt ids (sequence or tensor); groups may be interleaved, incomplete or
             of size 1.
         scheme: "dapo", "grpo", "dr_grpo" or "lambda".
         lam: λ of the "lambda" scheme; float or 0-d tensor (differentiable when it requires grad).
         r, normalization, eps: options of the "lambda" scheme.
         max_response_length: L_max of "dr_grpo".
+        mean_length: μ̄ of "grpo"/"dr_grpo"; default Σ lengths / B (every row counted, as verl's N counts
+            padding rows).
 
     Returns:
-        [B] weights, summing to G_g within each group for the "lambda" and "dapo" schemes.
+        [B] weights; within each group they sum to G_g for the "lambda" and "dapo" schemes.
     """
     options = WeightOptions(scheme, r, normalization, eps, max_response_length)
+    lengths = _as_length_tensor(lengths)
+    if scheme != "lambda":
+        if mean_length is None:
+            mean_length = float(lengths.sum()) / max(len(lengths), 1)
+        return fixed_weights(lengths, options, mean_length)
     group_lengths, position = group_length_table(lengths, group_ids)
-    return weights_from_group_lengths(group_lengths, position, options, lam)
-
-
-def _lambda_weights(
-    lengths: torch.Tensor,
-    present: torch.Tensor,
-    group_size: torch.Tensor,
-    group_mean: torch.Tensor,
-    position: torch.Tensor,
-    options: WeightOptions,
-    lam: float | torch.Tensor,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """G_g·softmax_g(h^λ) or G_g·h^λ/Σ_g h^λ at the row's own position (all statistics per row's group)."""
-    deviation = torch.where(present, lengths - group_mean.unsqueeze(1), torch.zeros_like(lengths))
-    variance = deviation.square().sum(-1) / (group_size - 1).clamp(min=1)
-    z = deviation / (variance.sqrt() + options.eps).unsqueeze(1)
-    lift = 1 + options.r * z
-    _check_lift_values(lift, present, options.r, lengths.shape[1])
-
-    lam = torch.as_tensor(lam, dtype=dtype, device=lengths.device)
-    powered = torch.pow(lift, lam)
-    if options.normalization == "softmax":
-        shift = powered.masked_fill(~present, -math.inf).amax(-1, keepdim=True).detach()
-        scores = torch.where(present, torch.exp(powered - shift), torch.zeros_like(powered))
-    else:
-        scores = torch.where(present, powered, torch.zeros_like(powered))
-    own_score = scores.gather(1, position.long().unsqueeze(1)).squeeze(1)
-    # G·s_i/Σs rather than G·(s_i/Σs): at λ = 0 every s is exactly 1 and this is exactly 1.
-    return group_size.to(dtype) * own_score / scores.sum(-1).clamp(min=torch.finfo(dtype).tiny)
+    return lambda_weights(group_lengths, position, options, lam)
 
 
 def _check_lift_values(lift: torch.Tensor, present: torch.Tensor, r: float, width: int) -> None:
     """Raise if some h ≤ 0; skipped (no device sync) when the group width already proves h > 0."""
-    if width <= 1 or r * (width - 1) / math.sqrt(width) < 1.0:
+    if lift_bound(r, width) < 1.0:
         return
     if bool(((lift <= 0) & present).any()):
         raise ValueError(
@@ -277,7 +356,7 @@ def _as_length_tensor(lengths: torch.Tensor) -> torch.Tensor:
     else:
         lengths = lengths.to(torch.get_default_dtype())
     if bool((lengths < 0).any()):
-        raise ValueError("lengths must be >= 0 (0 marks a padding row)")
+        raise ValueError("lengths must be >= 0 (0 marks an empty row)")
     return lengths
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from lambda_grpo.learnable_lambda import LambdaAdamW
-from lambda_grpo.weights import WeightOptions, group_length_table, weights_from_group_lengths
+from lambda_grpo.weights import WeightOptions, group_length_table, lambda_weights
 
 BATCH, MAX_LEN, FEATURES, GROUP = 16, 10, 5, 4
 
@@ -54,7 +54,7 @@ def local_loss(policy: torch.nn.Linear, optimizer: LambdaAdamW, batch: dict, ran
     rows = torch.arange(rank, BATCH, world)
     total_tokens = batch["mask"].sum()
     ratio = torch.exp(policy(batch["features"][rows]).squeeze(-1))
-    weights = weights_from_group_lengths(
+    weights = lambda_weights(
         batch["table"][rows], batch["position"][rows], WeightOptions("lambda"), optimizer.lam
     )
     per_token = -batch["advantages"][rows] * weights.unsqueeze(-1) * ratio

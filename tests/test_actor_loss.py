@@ -2,12 +2,14 @@
 
 The batch is a TensorDict built with verl's `tensordict_utils`, split by verl's own `prepare_micro_batches`
 (fixed-size and token-balanced dynamic micro-batches), with `dp_size` / `batch_num_tokens` /
-`global_batch_size` attached as verl's FSDP engine attaches them. The loss function is the partial the
-trainer installs with `set_loss_fn`; the model's per-token log-probs enter in the unpadded layout the
-engine produces. verl's `ppo_loss` then runs unchanged around the registered `lambda_grpo` loss.
+`global_batch_size` attached as verl's FSDP engine attaches them, and two of verl's zero-mask `pad…` rows
+and an empty response. The loss function is the partial the trainer installs with `set_loss_fn`; the
+model's per-token log-probs enter in the unpadded layout the engine produces, and λ is the one of the
+process's `LambdaAdamW`.
 """
 
 import functools
+import math
 
 import pytest
 import torch
@@ -16,15 +18,19 @@ from verl.utils import tensordict_utils as tu
 from verl.workers.config import ActorConfig, PolicyLossConfig
 from verl.workers.engine.utils import prepare_micro_batches
 
-from lambda_grpo.actor_loss import weighted_ppo_loss
+from verl.workers.utils.losses import ppo_loss
+
+from lambda_grpo.actor_loss import actor_loss
 from lambda_grpo.group_fields import group_fields
 from lambda_grpo.learnable_lambda import LambdaAdamW
-from lambda_grpo.loss import compute_policy_loss_lambda_grpo
+from lambda_grpo.surrogates import surrogate_for
 from lambda_grpo.weights import WeightOptions, response_weights
 
 PROMPT_LEN, MAX_RESPONSE, VOCAB, N = 3, 7, 50, 4
-RESPONSE_LENGTHS = [7, 2, 5, 3, 6, 1, 4, 7]
-UIDS = ["q1", "q2", "q1", "q2", "q2", "q1", "q1", "q2"]  # two interleaved groups of 4
+PAD = "pad0f3a"
+# Two interleaved groups of 4, one of 2 with an empty response ("q3"), and two of verl's padding rows.
+RESPONSE_LENGTHS = [7, 2, 5, 0, 3, 6, 1, 4, 7, 5, 0, 0]
+UIDS = ["q1", "q2", "q1", PAD, "q2", "q2", "q1", "q1", "q2", "q3", "q3", PAD]
 
 
 def tiny_model():
@@ -58,7 +64,7 @@ def make_batch(model, use_dynamic_bsz):
         "prompts": prompts, "responses": responses, "input_ids": input_ids, "attention_mask": attention_mask,
         "position_ids": torch.cumsum(attention_mask, 1) - 1, "response_mask": response_mask,
         "loss_mask": response_mask, "old_log_probs": old_log_probs * response_mask, "advantages": advantages,
-        **group_fields(UIDS, response_mask, min_width=N),
+        **group_fields(UIDS, response_mask, group_size=N),
     }
     data = tu.get_tensordict(tensors, non_tensor_dict={
         "use_dynamic_bsz": use_dynamic_bsz, "micro_batch_size_per_gpu": 2, "max_token_len_per_gpu": 24,
@@ -80,9 +86,9 @@ def _response_part(flat, attention_mask):
     return torch.stack(out)
 
 
-def actor_config():
+def actor_config(loss_mode="vanilla"):
     return ActorConfig(strategy="fsdp2", rollout_n=N, ppo_micro_batch_size_per_gpu=2, clip_ratio=0.2,
-                       use_kl_loss=False, entropy_coeff=0.0, policy_loss=PolicyLossConfig(loss_mode="lambda_grpo"))
+                       use_kl_loss=False, entropy_coeff=0.0, policy_loss=PolicyLossConfig(loss_mode=loss_mode))
 
 
 def train_step(model, optimizer, data, loss_fn):
@@ -96,35 +102,47 @@ def train_step(model, optimizer, data, loss_fn):
         loss.backward()
         total += loss.item()
     optimizer.step()
-    return total, len(micro_batches), metrics
+    return total, micro_batches, metrics
 
 
+def whole_batch_reference(model, data, loss_mode, lam):
+    """verl's ppo_loss on the whole, unsplit batch with f(λ) of `response_weights` in rollout_is_weights."""
+    weights = response_weights(torch.tensor(RESPONSE_LENGTHS), UIDS, "lambda", lam=lam)
+    reference = data.copy()
+    reference["rollout_is_weights"] = weights.unsqueeze(-1).expand(data["response_mask"].shape)
+    flat = token_log_probs(model, data["input_ids"], data["attention_mask"])
+    # The λ gradient of vanilla's own value: for cispo λ learns from the ratio objective, which on a batch
+    # this close to on-policy (|log r| ≤ 0.15, inside the clip range) is vanilla's value.
+    return ppo_loss(actor_config("vanilla" if loss_mode == "cispo" else loss_mode), {"log_probs": flat}, reference)[0]
+
+
+@pytest.mark.parametrize("loss_mode", ["vanilla", "cispo"])
 @pytest.mark.parametrize("use_dynamic_bsz", [False, True])
-def test_one_step_changes_model_and_lambda_and_matches_single_batch_loss(use_dynamic_bsz):
+def test_one_step_updates_model_and_lambda_as_the_whole_batch_would(use_dynamic_bsz, loss_mode):
+    """Groups split over micro-batches, verl's padding rows and an empty response in the batch: λ's gradient
+    is finite and equals the whole batch's, no update is skipped."""
     model = tiny_model()
     optimizer = LambdaAdamW(model.parameters(), lr=1e-2, lambda_init=0.5, lambda_lr=0.1)
     data = make_batch(model, use_dynamic_bsz)
-    options = WeightOptions("lambda", max_group_size=N)
-    loss_fn = functools.partial(weighted_ppo_loss, config=actor_config(), options=options)
-
-    # Single-batch reference: the registered loss on the whole padded batch, weights from uids directly.
-    with torch.no_grad():
-        flat = token_log_probs(model, data["input_ids"], data["attention_mask"])
-        reference_config = actor_config()
-        reference_config.global_batch_info.update(dp_size=1, batch_num_tokens=int(data["response_mask"].sum()))
-        reference, _ = compute_policy_loss_lambda_grpo(
-            data["old_log_probs"], _response_part(flat, data["attention_mask"]), data["advantages"],
-            data["response_mask"].bool(), "token-mean", reference_config,
-            sample_weights=response_weights(torch.tensor(RESPONSE_LENGTHS), UIDS, "lambda", lam=0.5),
-        )
+    loss_fn = functools.partial(actor_loss, config=actor_config(loss_mode), options=WeightOptions("lambda", max_group_size=N),
+                                surrogate=surrogate_for(loss_mode))
+    lam = torch.tensor(0.5, requires_grad=True)
+    reference = whole_batch_reference(model, data, loss_mode, lam)
+    (reference_lam_grad,) = torch.autograd.grad(reference, lam)
 
     before = [p.detach().clone() for p in model.parameters()]
-    total, micro_batch_count, metrics = train_step(model, optimizer, data, loss_fn)
-    assert micro_batch_count > 1  # the groups really were split
-    assert total == pytest.approx(reference.item(), rel=1e-5, abs=1e-7)
+    total, micro_batches, metrics = train_step(model, optimizer, data, loss_fn)
+    assert len(micro_batches) > 1  # the groups really were split
+    if not use_dynamic_bsz:  # one micro-batch holds nothing but the empty response
+        assert any(int(micro_batch["response_mask"].sum()) == 0 for micro_batch in micro_batches)
+    if loss_mode == "vanilla":
+        assert total == pytest.approx(reference.item(), rel=1e-5, abs=1e-7)
+    report = optimizer.take_step_report()
+    assert report["skips"] == [] and len(report["grads"]) == 1 and math.isfinite(report["grads"][0])
+    assert report["grads"][0] == pytest.approx(reference_lam_grad.item(), rel=1e-4, abs=1e-7)
+    assert abs(report["grads"][0]) > 1e-5 and optimizer.lam.item() != 0.5
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
-    assert optimizer.lam.item() != 0.5 and optimizer.last_lambda_grad != 0.0
-    assert {"actor/pg_loss", "actor/lambda_grpo/weight_max", "actor/pg_clipfrac"} <= set(metrics)
+    assert {"actor/pg_loss", "actor/pg_clipfrac"} <= set(metrics)
 
 
 def test_loss_path_refuses_a_batch_without_group_fields():
@@ -132,13 +150,7 @@ def test_loss_path_refuses_a_batch_without_group_fields():
     LambdaAdamW(model.parameters())
     data = make_batch(model, use_dynamic_bsz=False)
     del data["lambda_grpo_group_lengths"]
-    loss_fn = functools.partial(weighted_ppo_loss, config=actor_config(), options=WeightOptions("lambda"))
+    loss_fn = functools.partial(actor_loss, config=actor_config(), options=WeightOptions("lambda"),
+                                surrogate=surrogate_for("vanilla"))
     with pytest.raises(KeyError, match="lambda_grpo_group_lengths"):
         loss_fn(model_output={"log_probs": torch.zeros(1)}, data=data, dp_group=None)
-
-
-def test_loss_path_refuses_another_policy_loss():
-    config = ActorConfig(strategy="fsdp2", rollout_n=N, ppo_micro_batch_size_per_gpu=2,
-                         policy_loss=PolicyLossConfig(loss_mode="vanilla"))
-    with pytest.raises(ValueError, match="loss_mode='vanilla'"):
-        weighted_ppo_loss(config, {}, tu.get_tensordict({"x": torch.zeros(2)}), options=WeightOptions("dapo"))

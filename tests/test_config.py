@@ -12,7 +12,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from lambda_grpo import config as config_module
-from lambda_grpo.config import ConfigError, compose, lambda_options, validate, weight_options
+from lambda_grpo.config import ConfigError, compose, lambda_options, policy_surrogate, validate, weight_options
+from lambda_grpo.surrogates import SURROGATES
 
 SIZES = ["qwen2_5_1_5b", "qwen2_5_3b", "qwen2_5_7b"]
 ALGOS = {"lambda_grpo": "lambda", "grpo": "grpo", "dapo": "dapo", "dr_grpo": "dr_grpo"}
@@ -34,7 +35,7 @@ def test_every_size_and_algo_composes_and_passes_verl_validation(size, algo, dat
     validate(cfg)  # ours, then verl 0.9.1's validate_config
     assert cfg.lambda_grpo.scheme == ALGOS[algo]
     assert cfg.trainer.experiment_name == f"{algo}-{size}"
-    assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode == "lambda_grpo"
+    assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode == "vanilla"
     assert cfg.actor_rollout_ref.model.path == {"qwen2_5_1_5b": "Qwen/Qwen2.5-1.5B", "qwen2_5_3b": "Qwen/Qwen2.5-3B",
                                                  "qwen2_5_7b": "Qwen/Qwen2.5-7B"}[size]
     optimizer = cfg.actor_rollout_ref.actor.optim
@@ -115,7 +116,15 @@ def test_configs_are_shipped_in_the_package_and_the_wheel(tmp_path):
         (["lambda_grpo.scheme=gspo"], "lambda_grpo.scheme"),
         (["lambda_grpo.r=0.9"], "lambda_grpo.r"),
         (["actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean"], "actor_rollout_ref.actor.loss_agg_mode"),
-        (["actor_rollout_ref.actor.policy_loss.loss_mode=vanilla"], "actor_rollout_ref.actor.policy_loss.loss_mode"),
+        (["actor_rollout_ref.actor.policy_loss.loss_mode=geo_mean"], "actor_rollout_ref.actor.policy_loss.loss_mode"),
+        (["actor_rollout_ref.actor.policy_loss.loss_mode=bypass_mode"], "actor_rollout_ref.actor.policy_loss.loss_mode"),
+        (["actor_rollout_ref.actor.policy_loss.loss_mode=my_plugin_loss"],
+         "actor_rollout_ref.actor.policy_loss.loss_mode"),
+        (["lambda_grpo.custom_surrogates=my_plugin_loss"], "lambda_grpo.custom_surrogates"),
+        (["lambda_grpo.eps=0"], "lambda_grpo.eps"),
+        (["lambda_grpo.eps=-1e-6"], "lambda_grpo.eps"),
+        (["lambda_grpo.lambda_bounds=[-400,400]"], "lambda_grpo.lambda_bounds"),
+        (["lambda_grpo.max_consecutive_skipped_steps=0"], "lambda_grpo.max_consecutive_skipped_steps"),
         (["actor_rollout_ref.actor.optim.optimizer_impl=torch.optim"], "actor_rollout_ref.actor.optim.optimizer"),
         (["actor_rollout_ref.actor.checkpoint.save_contents=[model]"], "actor_rollout_ref.actor.checkpoint.save_contents"),
         (["actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"], "actor_rollout_ref.actor.ulysses_sequence_parallel_size"),
@@ -181,3 +190,22 @@ def test_configs_beside_the_imported_code_win_over_the_installed_copy(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "6"
+
+
+@pytest.mark.parametrize("loss_mode", sorted(SURROGATES))
+def test_every_verified_surrogate_starts_with_every_algo(loss_mode, data_files):
+    for algo in ALGOS:
+        cfg = compose([f"algo={algo}", f"actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode}",
+                       "actor_rollout_ref.actor.policy_loss.dro_beta=0.1", *data_files])
+        validate(cfg)
+        assert policy_surrogate(cfg) is SURROGATES[loss_mode]
+
+
+def test_refusals_say_why_and_a_listed_custom_surrogate_starts(data_files):
+    with pytest.raises(ConfigError, match="geo_mean.*torch.mean"):
+        validate(compose(["actor_rollout_ref.actor.policy_loss.loss_mode=geo_mean", *data_files]))
+    with pytest.raises(ConfigError, match="overflow float32 .* ±269"):
+        validate(compose(["lambda_grpo.lambda_bounds=[-400,400]", *data_files]))
+    cfg = compose(["actor_rollout_ref.actor.policy_loss.loss_mode=my_plugin_loss",
+                   "lambda_grpo.custom_surrogates=[my_plugin_loss]", *data_files])
+    assert policy_surrogate(cfg).loss_mode == "my_plugin_loss"

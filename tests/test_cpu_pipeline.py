@@ -1,13 +1,17 @@
 """End to end on CPU: `python -m lambda_grpo.main model_size=tiny_cpu` through verl 0.9.1's real trainer
 (Ray, TransferQueue, a vLLM-CPU rollout server, an FSDP2 actor on gloo), asserted from the run's own
 logged metrics, checkpoints and log. Each run costs about 2 minutes on 2 cores, almost all of it start-up;
-five runs keep the module under 15 minutes.
+five runs keep the module under 15 minutes. They share the checks: the resumed run trains λ-GRPO over
+GSPO, the short-reward run λ-GRPO over CISPO on batches verl must pad (a rollout of every prompt fails),
+and the DAPO / fixed-λ pair runs with verl's dynamic sampling (algorithm.filter_groups).
 
 The toy task is "What is a + b?" answered by a tiny random model whose responses stop at varying lengths;
 `preference=long|short` replaces its reward by one that grows with response length or shrinks with it.
 """
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +20,7 @@ from e2e_helpers import is_finite_number, run_lambda_grpo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
+TESTS = Path(__file__).resolve().parent
 CHECKPOINTS = "checkpoints/lambda_grpo/lambda_grpo-tiny_cpu"
 TOKEN_BUDGET = 96  # tokens per micro-batch: 2-3 sequences of ~40 tokens
 SPLIT_GROUPS = (
@@ -47,6 +52,13 @@ def prefer(length: str) -> str:
     return f"+reward.custom_reward_function.reward_kwargs.preference={length}"
 
 
+def faulty_agent_loop(name: str, monkeypatch) -> tuple[str, str]:
+    """Overrides that sample with one of tests/faulty_agent_loops.py's loops (tests/ joins PYTHONPATH)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+    return ("actor_rollout_ref.model.external_lib=faulty_agent_loops",
+            f"actor_rollout_ref.rollout.agent.default_agent_loop={name}")
+
+
 def test_lambda_grpo_trains_checkpoints_and_resumes(tmp_path, tiny_cache):
     """Three λ-GRPO steps, a checkpoint that holds λ, and a second start that continues from it.
 
@@ -64,8 +76,10 @@ def test_lambda_grpo_trains_checkpoints_and_resumes(tmp_path, tiny_cache):
     assert "Platform override from VERL_PLATFORM: cpu" in log
     # The lambda_grpo loss ran (its metrics come from inside the policy loss) with weights from the driver.
     for row in rows:
-        assert {"actor/lambda_grpo/weight_max", "actor/lambda_grpo/batch_weight_max"} <= set(row)
+        assert {"actor/lambda_grpo/batch_weight_max", "actor/lambda_grpo/weight_long_short_ratio",
+                "actor/lambda_grpo/long_token_share_shift"} <= set(row)
         assert is_finite_number(row["actor/lambda"]) and is_finite_number(row["actor/lambda_grad"])
+        assert row["actor/lambda_grpo/lambda_updates"] == 1 and row["actor/lambda_grpo/lambda_skipped_steps"] == 0
     lambdas = [row["actor/lambda"] for row in rows]
     assert any(value != 0.0 for value in lambdas)  # λ moved away from its init
     assert lambdas[0] > 0 and rows[0]["actor/lambda_grad"] < 0  # the direction of the reward
@@ -80,30 +94,41 @@ def test_lambda_grpo_trains_checkpoints_and_resumes(tmp_path, tiny_cache):
     assert optimizer_state["lambda_grpo"]["updates"] == 3
     assert json.loads((step3 / "lambda_grpo.json").read_text())["lambda"] == lambdas[-1]
 
-    # Resume for one more step, now with groups split over 2 mini-batches × 2 epochs and token-budget
-    # micro-batches: 4 optimizer steps, each a share of a group's responses.
+    # Resume for one more step over the GSPO surrogate, now with groups split over 2 mini-batches × 2 epochs
+    # and token-budget micro-batches: 4 optimizer steps, each a share of a group's responses.
     second, log = run(tmp_path, tiny_cache, "algo=lambda_grpo", prefer("long"), "trainer.total_training_steps=4",
-                      *SPLIT_GROUPS)
-    assert [row["step"] for row in second.metrics] == [4]
+                      "actor_rollout_ref.actor.policy_loss.loss_mode=gspo", *SPLIT_GROUPS)
+    (row,) = second.metrics
+    assert row["step"] == 4 and "over the 'gspo' surrogate" in log
     assert f"[lambda_grpo] λ = {lambdas[-1]:.6g} at step 3" in log  # resumed with the saved λ
+    assert row["actor/lambda_grpo/lambda_updates"] == 4 and is_finite_number(row["actor/lambda_grad"])
     step4 = json.loads((tmp_path / CHECKPOINTS / "global_step_4" / "lambda_grpo.json").read_text())
-    assert step4["updates"] == 3 + 4 and step4["lambda"] == second.metrics[0]["actor/lambda"]
+    assert step4["updates"] == 3 + 4 and step4["skipped"] == 0 and step4["lambda"] == row["actor/lambda"]
     assert 0 < abs(step4["lambda"] - lambdas[-1]) <= 4 * 0.01 * 1.001  # 4 Adam steps of lr 0.01 from the saved λ
 
 
-def test_lambda_moves_towards_short_responses_when_they_are_rewarded(tmp_path, tiny_cache):
+def test_lambda_over_cispo_moves_towards_short_responses_on_padded_batches(tmp_path, tiny_cache, monkeypatch):
     """A reward that falls with length makes advantages anti-correlated with length, ∂L/∂λ > 0 at λ = 0
-    (the mirror of the docstring above), and λ's first update negative."""
-    result, _ = run(tmp_path, tiny_cache, "algo=lambda_grpo", prefer("short"), "trainer.total_training_steps=1",
-                    "trainer.save_freq=-1")
+    (the mirror of the docstring above), and λ's first update negative — over CISPO too, whose loss value
+    has the opposite sign (λ follows the ratio objective there). The first response of every prompt fails,
+    so the batch holds 4 groups of 3 and verl pads it with 4 zero-mask rows: λ's gradient stays finite and
+    no λ update is skipped."""
+    result, log = run(tmp_path, tiny_cache, "algo=lambda_grpo", prefer("short"), "trainer.total_training_steps=1",
+                      "trainer.save_freq=-1", "actor_rollout_ref.actor.policy_loss.loss_mode=cispo",
+                      *faulty_agent_loop("failing_seeded_agent", monkeypatch))
     (row,) = result.metrics
-    assert row["actor/lambda_grad"] > 0 and row["actor/lambda"] < 0
+    assert "injected rollout failure" in log and "over the 'cispo' surrogate" in log
+    assert row["actor/lambda_grpo/empty_rows"] == 4  # 4 prompts × 3 responses, padded to the mini-batch of 16
+    assert row["actor/lambda_grpo/lambda_skipped_steps"] == 0 and row["actor/lambda_grpo/lambda_updates"] == 1
+    assert is_finite_number(row["actor/lambda_grad"]) and row["actor/lambda_grad"] > 0 and row["actor/lambda"] < 0
 
 
-def test_dapo_is_lambda_grpo_with_lambda_fixed_at_zero(tmp_path, tiny_cache):
+def test_dapo_is_lambda_grpo_with_lambda_fixed_at_zero(tmp_path, tiny_cache, monkeypatch):
     """Same seed, same rollouts: DAPO's first-step policy loss equals λ-GRPO's with λ frozen at 0, and
-    DAPO logs no λ."""
-    common = ("trainer.total_training_steps=1", "trainer.save_freq=-1")
+    DAPO logs no λ. Both run verl's dynamic sampling on groups of which half have identical responses: those
+    are dropped and replaced, and λ-GRPO's group fields take the kept groups as they come (whole)."""
+    common = ("trainer.total_training_steps=1", "trainer.save_freq=-1", "algorithm.filter_groups.enable=true",
+              *faulty_agent_loop("constant_group_seeded_agent", monkeypatch))
     dapo, _ = run(tmp_path / "dapo", tiny_cache, "algo=dapo", *common)
     fixed, _ = run(tmp_path / "fixed", tiny_cache, "algo=lambda_grpo", "lambda_grpo.lambda_trainable=false",
                    "lambda_grpo.lambda_init=0.0", *common)
@@ -115,3 +140,5 @@ def test_dapo_is_lambda_grpo_with_lambda_fixed_at_zero(tmp_path, tiny_cache):
     assert dapo_row["critic/score/mean"] == pytest.approx(fixed_row["critic/score/mean"], rel=1e-6)
     assert dapo_row["actor/pg_loss"] == pytest.approx(fixed_row["actor/pg_loss"], rel=1e-6, abs=1e-9)
     assert dapo_row["actor/pg_loss"] != 0
+    for row in (dapo_row, fixed_row):  # dynamic sampling dropped groups, and every group trained on is whole
+        assert row["training/filter_groups/evicted_samples"] > 0 and row["actor/lambda_grpo/empty_rows"] == 0

@@ -581,12 +581,12 @@ def test_preflight_job_passes_with_runtime_env_and_overrides_intact(head, tmp_pa
     assert received_overrides(logs.stdout) == overrides
     for name, value in RUNTIME_ENV["env_vars"].items():
         assert f"{name}={value}" in logs.stdout
-    # Registered in the worker from the uploaded copy of the repository.
-    registered = re.search(r"\[OK  \] node 127\.0\.0\.1 .*loss 'lambda_grpo' registered: lambda_grpo\..*"
-                           r" \((/\S*working_dir_files/[^/]+)/lambda_grpo/loss\.py\)", logs.stdout)
-    assert registered, logs.stdout
+    # The plugin loaded in the worker from the uploaded copy of the repository.
+    loaded = re.search(r"\[OK  \] node 127\.0\.0\.1 .*lambda_grpo plugin loaded: "
+                       r"(/\S*working_dir_files/[^/]+)/lambda_grpo/plugin\.py", logs.stdout)
+    assert loaded, logs.stdout
     # What reached the cluster is the allow-list, nothing else: the folder Ray unpacked it into.
-    unpacked = Path(registered.group(1))
+    unpacked = Path(loaded.group(1))
     received = sorted(str(path.relative_to(unpacked)) for path in unpacked.rglob("*") if path.is_file()
                       and "__pycache__" not in path.parts)
     assert received == upload.upload_files(str(REPO))

@@ -73,6 +73,30 @@ def test_nonfinite_gradient_leaves_lambda_unchanged():
     optimizer = LambdaAdamW(_model().parameters(), lambda_init=0.25)
     _push_lambda(optimizer, gradient=float("inf"))
     assert optimizer.lam.item() == 0.25 and optimizer.lambda_skipped == 1 and optimizer.lambda_updates == 0
+    (cause,) = optimizer.take_step_report()["skips"]
+    assert "not finite (inf)" in cause
+
+
+def test_an_update_verl_skips_is_counted_with_its_cause():
+    """verl's engine zeroes the gradients instead of stepping when the model's grad norm is not finite."""
+    optimizer = LambdaAdamW(_model().parameters(), lambda_init=0.25)
+    optimizer.zero_grad()
+    (optimizer.lam * 2.0).backward()
+    optimizer.zero_grad()  # verl: "grad_norm is not finite" → zero_grad, no step
+    _push_lambda(optimizer, gradient=1.0)  # the next mini-batch steps normally
+    assert optimizer.lambda_skipped == 1 and optimizer.lambda_updates == 1
+    report = optimizer.take_step_report()
+    assert report["grads"] == [1.0] and len(report["skips"]) == 1 and "optimizer step was skipped" in report["skips"][0]
+    assert optimizer.take_step_report()["skips"] == []  # a report covers the time since the last one
+
+
+def test_step_report_lists_every_update_of_the_step():
+    optimizer = LambdaAdamW(_model().parameters())
+    for gradient in (0.5, -1.5, 2.0):
+        _push_lambda(optimizer, gradient=gradient)
+    report = optimizer.take_step_report()
+    assert report["grads"] == [0.5, -1.5, 2.0] and report["skips"] == [] and report["updates"] == 3
+    assert report["lambda"] == optimizer.lam.item() and optimizer.take_step_report()["grads"] == []
 
 
 def test_state_dict_round_trip_restores_lambda_and_its_moments():

@@ -28,7 +28,7 @@ def verl_cfg():
 def requirements(**changes) -> RunRequirements:
     base = dict(data_files={"data.train_files": ["/d/train.parquet"]}, model_path="/m/qwen", checkpoint_dir="/ckpt",
                 nnodes=1, gpus_per_node=8, gpu_memory=preflight.GPU_MEMORY_GB["qwen2_5_7b"],
-                loss_names=("lambda_grpo",))
+                loss_names=("vanilla",))
     return RunRequirements(**{**base, **changes})
 
 
@@ -50,7 +50,8 @@ def facts(**changes) -> dict:
         "gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_bytes": 85_520_809_984, "driver_version": "580.105.06"}] * 8,
         "torch": {"version": "2.11.0+cu130", "cuda": "13.0"},
         "shm_bytes": 64 * 10**9,
-        "losses": [{"name": "lambda_grpo", "ok": True, "function": "lambda_grpo.loss.f", "file": "/x/loss.py"}],
+        "losses": [{"name": "vanilla", "ok": True, "function": "verl.trainer.ppo.core_algos.f", "file": "/x/core_algos.py"}],
+        "plugin": {"loaded": True, "file": "/x/lambda_grpo/plugin.py"},
         "env": {"VERL_USE_EXTERNAL_MODULES": "lambda_grpo.plugin"},
     }
     return {**base, **changes}
@@ -78,7 +79,7 @@ def test_requirements_read_verls_keys(verl_cfg):
                               "data.val_files": ["/d/a.parquet", "/d/b.parquet"]}
     assert req.model_path == "~/models/deepseek-llm-7b-chat"
     assert (req.nnodes, req.gpus_per_node, req.gpu_memory) == (2, 8, preflight.GpuMemory(40.0, 80.0))
-    assert req.loss_names == ("lambda_grpo", "vanilla")
+    assert req.loss_names == ("vanilla",)
     assert req.checkpoint_dir == "checkpoints/verl_examples/gsm8k"
 
 
@@ -184,8 +185,13 @@ def test_unwritable_checkpoint_dir_fails():
 
 
 def test_unregistered_loss_fails_with_verls_error():
-    node = facts(losses=[{"name": "lambda_grpo", "ok": False, "error": "ValueError: Unsupported loss mode"}])
-    assert fails(judge(node)) == ["loss 'lambda_grpo' not registered in a Ray worker: ValueError: Unsupported loss mode"]
+    node = facts(losses=[{"name": "my_loss", "ok": False, "error": "ValueError: Unsupported loss mode"}])
+    assert fails(judge(node)) == ["loss 'my_loss' not registered in a Ray worker: ValueError: Unsupported loss mode"]
+
+
+def test_plugin_that_did_not_load_fails():
+    (message,) = fails(judge(facts(plugin={"loaded": False, "file": None})))
+    assert message.startswith("lambda_grpo's verl.plugins entry point did not load")
 
 
 def test_runtime_env_that_did_not_arrive_fails():
@@ -207,7 +213,8 @@ def test_node_facts_in_this_process(tmp_path):
     assert gathered["model"]["has_config_json"] and gathered["extra_paths"]["reward.custom_reward_function.path"]["exists"]
     assert gathered["checkpoint_dir"]["ancestor"] == str(tmp_path) and gathered["checkpoint_dir"]["writable"]
     (loss,) = gathered["losses"]
-    assert loss["ok"] and loss["function"].startswith("lambda_grpo.")
+    assert loss["ok"] and loss["function"] == "verl.trainer.ppo.core_algos.compute_policy_loss_vanilla"
+    assert gathered["plugin"]["loaded"] and gathered["plugin"]["file"].endswith("lambda_grpo/plugin.py")
     assert gathered["env"] == {"LAMBDA_GRPO_SURELY_UNSET": None}
     assert fails(preflight.check_node("here", gathered, req, {}, uploaded_working_dir=False)) == [
         f"data.train_files: {tmp_path / 'no.parquet'} not found"]

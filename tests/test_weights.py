@@ -6,12 +6,16 @@ import pytest
 import torch
 
 from lambda_grpo.weights import (
+    FLOAT32_LOG_MAX,
     PAPER_R,
     WeightOptions,
+    check_lambda_range,
     check_lift_positive,
     group_length_table,
+    lambda_weights,
+    lift_bound,
+    max_safe_lambda,
     response_weights,
-    weights_from_group_lengths,
 )
 
 NORMALIZATIONS = ("softmax", "power")
@@ -61,19 +65,19 @@ def test_permutation_invariance(scheme):
 
 
 def test_hand_computed_example():
-    # One group of lengths 10, 20, 30: μ = 20, σ (ddof=1) = 10, z = (−1, 0, 1); with eps = 0,
+    # One group of lengths 10, 20, 30: μ = 20, σ (ddof=1) = 10, z = (−1, 0, 1); with eps = 1e-12 ≈ 0,
     # h = (8/9, 1, 10/9). At λ = 2: g = h² = (64/81, 1, 100/81).
     lengths = torch.tensor([10.0, 20.0, 30.0], dtype=torch.float64)
     g = [64 / 81, 1.0, 100 / 81]
     softmax = [3 * math.exp(v) / sum(math.exp(u) for u in g) for v in g]
     power = [3 * v / sum(g) for v in g]
     for normalization, expected in (("softmax", softmax), ("power", power)):
-        weights = response_weights(lengths, [0, 0, 0], "lambda", lam=2.0, eps=0.0, normalization=normalization)
-        assert weights.tolist() == pytest.approx(expected, rel=1e-14)
+        weights = response_weights(lengths, [0, 0, 0], "lambda", lam=2.0, eps=1e-12, normalization=normalization)
+        assert weights.tolist() == pytest.approx(expected, rel=1e-12)
     # The numbers themselves, worked by hand: exp(64/81) = 2.2037, e = 2.7183, exp(100/81) = 3.4369,
     # Σ = 8.3589, so f = 3·(2.2037, 2.7183, 3.4369)/8.3589.
     assert softmax == pytest.approx([0.79090, 0.97559, 1.23351], abs=1e-5)
-    # GRPO f = μ/|o| = (2, 1, 2/3); Dr. GRPO f = μ/L_max = 20/40.
+    # GRPO f = μ̄/|o| = (2, 1, 2/3); Dr. GRPO f = μ̄/L_max = 20/40 (μ̄ = 20, the batch's mean length).
     assert response_weights(lengths, [0] * 3, "grpo").tolist() == pytest.approx([2.0, 1.0, 2 / 3], rel=1e-15)
     assert response_weights(lengths, [0] * 3, "dr_grpo", max_response_length=40).tolist() == [0.5] * 3
 
@@ -101,21 +105,21 @@ def test_padding_rows_do_not_enter_group_statistics():
     keep = LENGTHS > 0
     without = response_weights(LENGTHS[keep], [g for g, k in zip(GROUPS, keep) if k], "lambda", lam=1.7)
     torch.testing.assert_close(with_padding[keep], without, rtol=0, atol=0)
-    grpo = response_weights(LENGTHS, GROUPS, "grpo")
-    assert grpo[5] == 0 and grpo[2] == pytest.approx((7 + 9 + 60) / 3 / 7)
 
 
-def test_fixed_schemes():
+def test_fixed_schemes_use_the_batch_mean_length():
+    """μ̄ = Σ_j |o_j| / N over all N rows (verl's global_batch_size counts padding rows), not a group's mean."""
+    mean = LENGTHS.sum().item() / len(LENGTHS)
     grpo = response_weights(LENGTHS, GROUPS, "grpo")
     dr_grpo = response_weights(LENGTHS, GROUPS, "dr_grpo", max_response_length=64)
-    means = {g: sum(v for v in vals if v > 0) / sum(1 for v in vals if v > 0) for g, vals in _by_group(LENGTHS).items()}
-    for i, (length, group) in enumerate(zip(LENGTHS.tolist(), GROUPS)):
+    for i, length in enumerate(LENGTHS.tolist()):
         if length == 0:
             assert grpo[i] == 0 and dr_grpo[i] == 0
         else:
-            assert grpo[i].item() == pytest.approx(means[group] / length, rel=1e-15)
-            assert dr_grpo[i].item() == pytest.approx(means[group] / 64, rel=1e-15)
+            assert grpo[i].item() == pytest.approx(mean / length, rel=1e-15)
+            assert dr_grpo[i].item() == pytest.approx(mean / 64, rel=1e-15)
     assert torch.equal(response_weights(LENGTHS, GROUPS, "dapo"), (LENGTHS > 0).double())
+    assert response_weights(LENGTHS, GROUPS, "grpo", mean_length=10.0)[0].item() == pytest.approx(10 / 12)
 
 
 def test_tensor_group_ids_match_sequence_group_ids():
@@ -153,9 +157,9 @@ def test_group_length_table_rows_hold_their_whole_group():
 def test_row_form_equals_batch_form_on_any_subset_of_rows():
     options = WeightOptions("lambda", normalization="softmax")
     table, position = group_length_table(LENGTHS, GROUPS)
-    full = weights_from_group_lengths(table, position, options, lam=-1.2)
+    full = lambda_weights(table, position, options, lam=-1.2)
     rows = torch.tensor([8, 1, 5])  # a "micro-batch" holding parts of two groups
-    torch.testing.assert_close(weights_from_group_lengths(table[rows], position[rows], options, lam=-1.2), full[rows])
+    torch.testing.assert_close(lambda_weights(table[rows], position[rows], options, lam=-1.2), full[rows])
 
 
 def test_lift_check_at_configuration_time():
@@ -185,8 +189,49 @@ def test_nonpositive_lift_raises_instead_of_nan():
         (dict(lengths=torch.tensor([1.0, -2.0]), group_ids=[0, 0], scheme="dapo"), ">= 0"),
         (dict(lengths=torch.tensor([1.0, math.nan]), group_ids=[0, 0], scheme="dapo"), "finite"),
         (dict(lengths=torch.ones(2), group_ids=[0, 0], scheme="lambda", r=-0.1), "r must be"),
+        (dict(lengths=torch.ones(2), group_ids=[0, 0], scheme="lambda", eps=0.0), "eps must be a finite number > 0"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         response_weights(**kwargs)
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_empty_rows_and_empty_groups_give_exactly_zero_lambda_gradient(normalization):
+    """Issue 10 §1: a group of empty rows only (verl's padding) made λ's gradient NaN under softmax."""
+    lam = torch.tensor(0.3, requires_grad=True)
+    weights = response_weights(torch.tensor([3, 5, 7, 9, 0, 0]), ["a"] * 4 + ["pad1", "pad1"], "lambda", lam=lam,
+                               normalization=normalization)
+    (weights * torch.arange(1.0, 7)).sum().backward()
+    clean = torch.tensor(0.3, requires_grad=True)
+    (response_weights(torch.tensor([3, 5, 7, 9]), ["a"] * 4, "lambda", lam=clean, normalization=normalization)
+     * torch.arange(1.0, 5)).sum().backward()
+    assert weights[4:].tolist() == [0.0, 0.0]
+    assert torch.isfinite(lam.grad) and lam.grad == clean.grad
+    # An empty row inside a real group, and the empty rows alone: exactly 0 contribution.
+    alone = torch.tensor(0.3, requires_grad=True)
+    response_weights(torch.tensor([0, 0, 4, 0]), ["pad1", "pad1", "b", "b"], "lambda", lam=alone,
+                     normalization=normalization)[[0, 1, 3]].sum().backward()
+    assert alone.grad.item() == 0.0
+
+
+def test_lambda_range_keeps_h_to_the_lambda_finite_in_float32():
+    """The issue's example, bounds [−400, 400] with n = 8, is refused; within the safe range the most extreme
+    group's weights and gradient are finite in float32, beyond ln(float32 max)/max|ln h| they are not."""
+    group = 8
+    limit = max_safe_lambda(PAPER_R, group)
+    bound = lift_bound(PAPER_R, group)
+    assert limit == pytest.approx((FLOAT32_LOG_MAX - math.log(group)) / -math.log1p(-bound))
+    with pytest.raises(ValueError, match=r"bounds \[-400.0, 400.0\] let h\^λ overflow float32 .* ±269"):
+        check_lambda_range((-400.0, 400.0), PAPER_R, group)
+    check_lambda_range((-10.0, 10.0), PAPER_R, group)
+    outliers = torch.tensor([100.0] * (group - 1) + [1.0, 1.0] + [100.0] * (group - 1))  # z = ∓(G−1)/√G
+    table, position = group_length_table(outliers, [0] * group + [1] * group, min_width=group)
+    options = WeightOptions("lambda", eps=1e-12)
+    for lam_value, finite in ((-limit, True), (limit, True), (-1.01 * FLOAT32_LOG_MAX / -math.log1p(-bound), False)):
+        lam = torch.tensor(lam_value, requires_grad=True)
+        weights = lambda_weights(table.float(), position, options, lam)
+        (weights * torch.linspace(-1, 1, len(weights))).sum().backward()
+        assert bool(torch.isfinite(weights).all() and torch.isfinite(lam.grad)) is finite, lam_value
+    assert max_safe_lambda(0.0, group) == math.inf and max_safe_lambda(PAPER_R, 1) == math.inf
