@@ -30,6 +30,7 @@ from typing import TextIO
 from omegaconf import DictConfig
 
 from lambda_grpo import console, run_files
+from lambda_grpo.complete_checkpoints import latest_complete
 from lambda_grpo.console import Progress, RunPaths
 
 POLL_S = 0.5
@@ -167,7 +168,7 @@ class RunOutput:
             series, plots = {}, f"not drawn: {error}"
         else:
             plots = self._plots(series)
-        checkpoint = run_files.latest_checkpoint(self.paths.run_dir)
+        checkpoint = latest_complete(self.paths.run_dir)
         elapsed = time.monotonic() - self.started
         for line in console.summary_lines(outcome, elapsed, series, checkpoint, self.paths, plots):
             self.say(line)
