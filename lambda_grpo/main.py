@@ -20,9 +20,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from lambda_grpo import run_files
+from lambda_grpo.complete_checkpoints import ResumeError, prepare_resume
 from lambda_grpo.config import CONFIG_MODULE, CONFIG_NAME, ConfigError, apply_choices, config_dir, validate
 from lambda_grpo.local_ray_token import secure_local_token
+from lambda_grpo.ray_job import prepare_ray_init
 from lambda_grpo.run_output import RunOutput
+from lambda_grpo.watchdog import Watchdog
 
 # The configs beside the code (a checkout, a Ray job's uploaded working dir), else the packaged copy.
 CONFIG_PATH = str(config_dir() or f"pkg://{CONFIG_MODULE}")
@@ -51,8 +54,18 @@ def run(cfg: DictConfig) -> None:
     if notice := secure_local_token(cfg.ray_kwargs.ray_init.get("address")):
         print(f"[lambda_grpo] {notice}")
     paths = run_files.prepare(cfg, run_files.start_stamp())
+    try:
+        notices = prepare_ray_init(cfg)
+        notices.append(prepare_resume(paths.run_dir, cfg.trainer.resume_mode, cfg.trainer.get("resume_from_path")))
+    except (ConfigError, ResumeError) as error:
+        print(f"lambda_grpo: {error}", file=sys.stderr)
+        sys.exit(2)
     output = RunOutput(cfg, paths)
     output.start()
+    for notice in filter(None, notices):  # into the log, and to the console through its tag
+        print(f"[lambda_grpo] {notice}")
+    watchdog = Watchdog().start()
+    watchdog.stop_on_sigterm()
     try:
         _require_plugin_loaded()
         from verl.trainer.main_ppo import run_ppo
@@ -61,7 +74,8 @@ def run(cfg: DictConfig) -> None:
 
         run_ppo(cfg, task_runner_class=LambdaGRPOTaskRunner)
     except BaseException as error:  # noqa: BLE001  (every way a run ends reaches the console)
-        sys.exit(output.fail(error))
+        sys.exit(output.fail(error, watchdog.stop()))
+    watchdog.stop()
     output.finish()
 
 
