@@ -6,9 +6,12 @@
     launch/submit model_size=qwen2_5_7b algo=lambda_grpo trainer.nnodes=2  # a Ray cluster (ray job submit)
 
 Config groups: model_size=qwen2_5_1_5b|qwen2_5_3b|qwen2_5_7b|tiny_cpu, algo=lambda_grpo|grpo|dapo|dr_grpo;
-every verl key stays overridable as with `python -m verl.trainer.main_ppo`. The config is validated
-before Ray starts (lambda_grpo.config.validate); without RAY_ADDRESS a local Ray instance is started,
-with it the job joins that cluster.
+every verl key stays overridable as with `python -m verl.trainer.main_ppo`. Before Ray starts, in seconds,
+the config, its data files, model directories and checkpoint directory are validated
+(lambda_grpo.config.validate), and, when this run starts its own Ray (no RAY_ADDRESS, no cluster to join),
+that this machine has the devices and CPUs verl will reserve (lambda_grpo.local_ray). A failure prints one
+line, `lambda_grpo: invalid config: <key>: <problem> (got <value>); <fix>`, and exits with status 2; legal
+but pointless settings print `lambda_grpo: warning: ...` and the run goes on.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from lambda_grpo.config import CONFIG_MODULE, CONFIG_NAME, ConfigError, apply_choices, config_dir, validate
+from lambda_grpo.local_ray import check_local_ray
 
 # The configs beside the code (a checkout, a Ray job's uploaded working dir), else the packaged copy.
 CONFIG_PATH = str(config_dir() or f"pkg://{CONFIG_MODULE}")
@@ -29,13 +33,20 @@ CONFIG_PATH = str(config_dir() or f"pkg://{CONFIG_MODULE}")
 
 @hydra.main(config_path=CONFIG_PATH, config_name=CONFIG_NAME, version_base=None)
 def main(cfg: DictConfig) -> None:
-    apply_choices(cfg, HydraConfig.get().runtime.choices)
+    choices = HydraConfig.get().runtime.choices
+    apply_choices(cfg, choices)
     try:
-        validate(cfg)
+        for warning in validate(cfg, choices=choices):
+            print(f"lambda_grpo: warning: {_one_line(warning)}", file=sys.stderr)
+        check_local_ray(cfg)
     except ConfigError as error:
-        print(f"lambda_grpo: invalid config: {error}", file=sys.stderr)
+        print(f"lambda_grpo: invalid config: {_one_line(error)}", file=sys.stderr)
         sys.exit(2)
     run(cfg)
+
+
+def _one_line(message: object) -> str:
+    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
 def run(cfg: DictConfig) -> None:

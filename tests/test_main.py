@@ -1,14 +1,21 @@
-"""`python -m lambda_grpo.main`: start-up failures come in seconds, from any directory, naming the key."""
+"""`python -m lambda_grpo.main`: start-up failures come in seconds, before Ray, from any directory, as one line
+naming the key, the value and the fix."""
 
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
+
+from verl_data import run_inputs
 
 
-def run_main(*overrides, cwd):
+def run_main(*overrides, cwd, env=None):
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "lambda_grpo.main", *overrides], cwd=cwd, capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=120, env=env)
     return result, time.monotonic() - start
 
 
@@ -29,3 +36,44 @@ def test_composed_config_prints_from_any_directory(tmp_path):
     result, _ = run_main("model_size=qwen2_5_3b", "algo=grpo", "--cfg", "job", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "scheme: grpo" in result.stdout and "path: Qwen/Qwen2.5-3B" in result.stdout
+
+
+def inputs(folder: Path) -> list[str]:
+    """verl-schema data files, a checkpoint dir and an empty Ray temp dir (no `ray start` cluster) in `folder`."""
+    return [*run_inputs(folder), f"+ray_kwargs.ray_init._temp_dir={folder}"]
+
+
+def laptop_env() -> dict[str, str]:
+    """No GPU visible and no Ray cluster to join, whatever machine runs the test."""
+    return {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "CUDA_VISIBLE_DEVICES": ""}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (["lambda_grpo.lambda_trainable=no"], "lambda_grpo.lambda_trainable: must be true or false (got the string "
+                                              "'no'); write lambda_grpo.lambda_trainable=false, unquoted"),
+        (["data.val_files={tmp}/empty.parquet"], "data.val_files: {tmp}/empty.parquet is empty (0 bytes); prepare it"),
+        ([], "trainer.device: cuda needs trainer.n_gpus_per_node × trainer.nnodes = 8 GPUs, and this machine has 0; "),
+    ],
+    ids=["raw-value", "data-file", "cuda-without-gpus"],
+)
+def test_a_bad_config_is_one_line_in_seconds_before_ray(tmp_path, overrides, line):
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    args = [*inputs(tmp_path), *(o.format(tmp=tmp_path) for o in overrides)]
+    result, seconds = run_main(*args, cwd=tmp_path, env=laptop_env())
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "ray init kwargs" not in result.stdout  # verl's line before ray.init
+    ours = [text for text in result.stderr.splitlines() if text.startswith("lambda_grpo:")]
+    assert ours == [result.stderr.strip().splitlines()[-1]]
+    assert ours[0].startswith(f"lambda_grpo: invalid config: {line.format(tmp=tmp_path)}"), ours
+    assert seconds < 60
+
+
+def test_warnings_print_one_line_each_before_the_run(tmp_path):
+    result, _ = run_main(*inputs(tmp_path), "algo=grpo", "lambda_grpo.lambda_lr=0.5", cwd=tmp_path,
+                         env=laptop_env())  # the missing GPUs stop it after the warnings, before Ray
+    lines = [text for text in result.stderr.splitlines() if text.startswith("lambda_grpo:")]
+    assert lines[0] == ("lambda_grpo: warning: lambda_grpo.lambda_lr=0.5 has no effect with lambda_grpo.scheme=grpo "
+                        "(only the lambda scheme has z, h and λ); drop it, or use algo=lambda_grpo")
+    assert lines[1].startswith("lambda_grpo: invalid config: trainer.device: cuda needs") and len(lines) == 2
