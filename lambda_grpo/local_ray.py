@@ -13,6 +13,10 @@ verl then reserves, and waits forever without a message when they are missing:
   controller and one per SimpleStorage unit, plus one free to place each further actor (agent-loop and
   reward workers reserve a CPU only while being placed).
 
+And the Ray it starts needs Unix socket paths under its temp dir (`ray_init._temp_dir`, else RAY_TMPDIR,
+TMPDIR or /tmp, plus /ray) within the kernel's 107 bytes; a long cluster $TMPDIR fails Ray's start-up with
+a traceback.
+
 Ray's own detection (`ray._private`) is used, so the count honours CUDA_VISIBLE_DEVICES and cgroup CPU
 limits exactly as the Ray it predicts; these private touch points live here only (tests/test_local_ray.py
 fails when they move).
@@ -20,6 +24,8 @@ fails when they move).
 
 from __future__ import annotations
 
+import datetime
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,6 +86,7 @@ def check_local_ray(cfg: DictConfig) -> None:
     devices = read(cfg, "trainer.n_gpus_per_node") * read(cfg, "trainer.nnodes")
     _check_devices(str(cfg.trainer.device), devices, ray_init.get("num_gpus"))
     _check_cpus(cfg, devices, ray_init.get("num_cpus"))
+    _check_socket_paths(ray_init.get("_temp_dir"))
 
 
 def _check_devices(device: str, needed: int, ray_gpus: int | None) -> None:
@@ -117,3 +124,21 @@ def _check_cpus(cfg: DictConfig, devices: int, ray_cpus: int | None) -> None:
             f"ray_kwargs.ray_init.num_cpus={needed} (logical CPUs, mostly idle) or lower "
             "transfer_queue.backend.SimpleStorage.num_data_storage_units"
         )
+
+
+def _check_socket_paths(temp_dir: str | None) -> None:
+    """The longest socket path of a Ray session started now under `temp_dir` passes Ray's own length check."""
+    from ray._common.utils import get_default_ray_temp_dir
+    from ray._private.utils import validate_socket_filepath
+
+    root = temp_dir or get_default_ray_temp_dir()
+    session = datetime.datetime.today().strftime("session_%Y-%m-%d_%H-%M-%S_%f") + f"_{os.getpid()}"
+    path = os.path.join(root, session, "sockets", "plasma_store")
+    try:
+        validate_socket_filepath(path)
+    except OSError:
+        raise ConfigError(
+            f"ray_kwargs.ray_init._temp_dir: Ray's temp dir {root} (from _temp_dir, RAY_TMPDIR or TMPDIR) is too "
+            f"long for its socket paths (e.g. {path}, {len(path.encode())} bytes; Unix allows 107); set "
+            "+ray_kwargs.ray_init._temp_dir=/tmp/ray or a shorter RAY_TMPDIR"
+        ) from None

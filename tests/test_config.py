@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from lambda_grpo import config as config_module
 from lambda_grpo.config import ConfigError, compose, compose_with_choices, lambda_options, validate, weight_options
 
-from verl_data import run_inputs
+from startup_helpers import run_inputs
 
 SIZES = ["qwen2_5_1_5b", "qwen2_5_3b", "qwen2_5_7b"]
 ALGOS = {"lambda_grpo": "lambda", "grpo": "grpo", "dapo": "dapo", "dr_grpo": "dr_grpo"}

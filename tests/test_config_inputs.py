@@ -16,7 +16,7 @@ from lambda_grpo.config_inputs import BUILTIN_REWARD_MANAGERS, check_inputs
 from lambda_grpo.config_values import ConfigError
 from lambda_grpo.tiny_assets import ensure_tiny_assets
 
-from verl_data import run_inputs, write_rows
+from startup_helpers import run_inputs, write_rows
 
 
 @pytest.fixture(scope="module")

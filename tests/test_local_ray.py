@@ -13,13 +13,21 @@ from lambda_grpo.config import compose
 from lambda_grpo.config_values import ConfigError
 from lambda_grpo.local_ray import check_local_ray, cluster_address
 
+from startup_helpers import short_temp_dir
+
 
 @pytest.fixture
-def no_cluster(tmp_path, monkeypatch):
+def ray_temp_dir():
+    with short_temp_dir() as folder:
+        yield folder
+
+
+@pytest.fixture
+def no_cluster(ray_temp_dir, monkeypatch):
     """No RAY_ADDRESS, no `ray start` cluster (an empty Ray temp dir), no visible GPU: a laptop."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    return [f"+ray_kwargs.ray_init._temp_dir={tmp_path}"]
+    return [f"+ray_kwargs.ray_init._temp_dir={ray_temp_dir}"]
 
 
 def test_cuda_without_gpus_and_without_a_cluster_is_an_error(no_cluster):
@@ -38,9 +46,9 @@ def test_a_gpu_less_driver_that_joins_a_cluster_is_not_judged(no_cluster, monkey
     check_local_ray(compose([*no_cluster, "trainer.default_local_dir=/shared/ckpt"]))
 
 
-def test_a_cluster_started_on_this_machine_is_joined(no_cluster, tmp_path):
-    (tmp_path / "ray_current_cluster").write_text("10.0.0.1:6379")
-    assert cluster_address({"_temp_dir": str(tmp_path)}) == "10.0.0.1:6379"
+def test_a_cluster_started_on_this_machine_is_joined(no_cluster, ray_temp_dir):
+    (ray_temp_dir / "ray_current_cluster").write_text("10.0.0.1:6379")
+    assert cluster_address({"_temp_dir": str(ray_temp_dir)}) == "10.0.0.1:6379"
     check_local_ray(compose(no_cluster))
 
 
@@ -88,6 +96,16 @@ def test_the_cpu_platform_counts_its_logical_gpus_and_cpus(no_cluster):
     with pytest.raises(ConfigError, match="^ray_kwargs.ray_init.num_cpus: this run's local Ray would have 5 CPUs"):
         check_local_ray(compose([*tiny, "ray_kwargs.ray_init.num_cpus=5"]))
     check_local_ray(compose([*tiny, "ray_kwargs.ray_init.num_cpus=6"]))
+
+
+def test_a_ray_temp_dir_too_long_for_its_sockets_is_an_error(no_cluster, monkeypatch, ray_temp_dir):
+    tiny = ["model_size=tiny_cpu", "+ray_kwargs.ray_init._temp_dir=/tmp/" + "x" * 60]
+    with pytest.raises(ConfigError, match=r"^ray_kwargs.ray_init._temp_dir: Ray's temp dir /tmp/x{60} .* is too long"):
+        check_local_ray(compose(tiny))
+    monkeypatch.setenv("RAY_TMPDIR", "/tmp/" + "y" * 60)  # a cluster's long $TMPDIR, without _temp_dir
+    with pytest.raises(ConfigError, match=r"Ray's temp dir /tmp/y{60}/ray \(from _temp_dir, RAY_TMPDIR or TMPDIR\)"):
+        check_local_ray(compose(["model_size=tiny_cpu"]))
+    check_local_ray(compose(["model_size=tiny_cpu", f"+ray_kwargs.ray_init._temp_dir={ray_temp_dir}"]))
 
 
 def test_the_counts_come_from_rays_own_detection(monkeypatch):

@@ -5,11 +5,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from verl_data import run_inputs
+from startup_helpers import run_inputs, short_temp_dir
 
 
 def run_main(*overrides, cwd, env=None):
@@ -38,9 +38,11 @@ def test_composed_config_prints_from_any_directory(tmp_path):
     assert "scheme: grpo" in result.stdout and "path: Qwen/Qwen2.5-3B" in result.stdout
 
 
-def inputs(folder: Path) -> list[str]:
-    """verl-schema data files, a checkpoint dir and an empty Ray temp dir (no `ray start` cluster) in `folder`."""
-    return [*run_inputs(folder), f"+ray_kwargs.ray_init._temp_dir={folder}"]
+@pytest.fixture
+def inputs(tmp_path) -> Iterator[list[str]]:
+    """verl-schema data files and a checkpoint dir in tmp_path, and an empty Ray temp dir (no cluster to join)."""
+    with short_temp_dir() as ray_temp_dir:
+        yield [*run_inputs(tmp_path), f"+ray_kwargs.ray_init._temp_dir={ray_temp_dir}"]
 
 
 def laptop_env() -> dict[str, str]:
@@ -58,9 +60,9 @@ def laptop_env() -> dict[str, str]:
     ],
     ids=["raw-value", "data-file", "cuda-without-gpus"],
 )
-def test_a_bad_config_is_one_line_in_seconds_before_ray(tmp_path, overrides, line):
+def test_a_bad_config_is_one_line_in_seconds_before_ray(tmp_path, inputs, overrides, line):
     (tmp_path / "empty.parquet").write_bytes(b"")
-    args = [*inputs(tmp_path), *(o.format(tmp=tmp_path) for o in overrides)]
+    args = [*inputs, *(o.format(tmp=tmp_path) for o in overrides)]
     result, seconds = run_main(*args, cwd=tmp_path, env=laptop_env())
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "ray init kwargs" not in result.stdout  # verl's line before ray.init
@@ -70,8 +72,8 @@ def test_a_bad_config_is_one_line_in_seconds_before_ray(tmp_path, overrides, lin
     assert seconds < 60
 
 
-def test_warnings_print_one_line_each_before_the_run(tmp_path):
-    result, _ = run_main(*inputs(tmp_path), "algo=grpo", "lambda_grpo.lambda_lr=0.5", cwd=tmp_path,
+def test_warnings_print_one_line_each_before_the_run(tmp_path, inputs):
+    result, _ = run_main(*inputs, "algo=grpo", "lambda_grpo.lambda_lr=0.5", cwd=tmp_path,
                          env=laptop_env())  # the missing GPUs stop it after the warnings, before Ray
     lines = [text for text in result.stderr.splitlines() if text.startswith("lambda_grpo:")]
     assert lines[0] == ("lambda_grpo: warning: lambda_grpo.lambda_lr=0.5 has no effect with lambda_grpo.scheme=grpo "

@@ -1,7 +1,12 @@
-"""Data files in verl's schema (the toy task's rows) for the tests of the start-up checks."""
+"""Inputs for the tests of the start-up checks: data files in verl's schema (the toy task's rows), and a Ray
+temp dir short enough for Ray's socket paths (pytest's tmp_path is not)."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,3 +30,13 @@ def run_inputs(folder: Path) -> list[str]:
     write_rows(folder / "test.parquet", 8)
     return [f"data.train_files={folder / 'train.parquet'}", f"data.val_files={folder / 'test.parquet'}",
             f"trainer.default_local_dir={folder / 'checkpoints'}"]
+
+
+@contextlib.contextmanager
+def short_temp_dir() -> Iterator[Path]:
+    """A fresh empty folder under /tmp (no `ray start` cluster in it), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="lgray-", dir="/tmp"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
