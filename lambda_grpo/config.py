@@ -29,7 +29,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lambda_grpo import VERL_VERSION
 from lambda_grpo import tiny_assets  # noqa: F401  (registers the ${lambda_grpo.tiny:...} resolver of tiny_cpu)
 from lambda_grpo.config_inputs import check_inputs
-from lambda_grpo.config_values import ConfigError, Defaults, check_against_defaults, check_rules, read
+from lambda_grpo.config_values import (
+    ConfigError,
+    Defaults,
+    check_against_defaults,
+    check_rules,
+    explain_compose_error,
+    read,
+)
 from lambda_grpo.learnable_lambda import LambdaOptions
 from lambda_grpo.weights import OptionError, WeightOptions
 
@@ -71,7 +78,8 @@ def compose_with_choices(overrides: Sequence[str] = ()) -> tuple[DictConfig, dic
         with context:
             cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides), return_hydra_config=True)
     except HydraException as error:
-        raise ConfigError(str(error)) from error
+        default = defaults() if overrides else None  # the default groups always compose: no recursion
+        raise ConfigError(explain_compose_error(str(error), overrides, default)) from error
     choices = dict(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]
@@ -140,7 +148,7 @@ def validate(cfg: DictConfig, check_paths: bool = True, choices: Mapping[str, st
     _check_required(cfg)
     check_rules(cfg)
     default = defaults(choices)
-    check_against_defaults(cfg, default)
+    warnings = check_against_defaults(cfg, default)
     _check_lift(cfg)
     options = weight_options(cfg)
     lambda_options(cfg)
@@ -151,7 +159,7 @@ def validate(cfg: DictConfig, check_paths: bool = True, choices: Mapping[str, st
     if check_paths:
         check_inputs(cfg)
     _check_with_verl(cfg)
-    return _pointless_settings(cfg, default)
+    return warnings + _pointless_settings(cfg, default)
 
 
 def _checked(cls: type, config_keys: Mapping[str, str], **values: Any) -> Any:

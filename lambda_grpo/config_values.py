@@ -22,8 +22,9 @@ import dataclasses
 import difflib
 import functools
 import math
+import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,10 @@ class ConfigError(ValueError):
 
 CLOSED_NODES = ("lambda_grpo",)
 """Nodes whose keys are all declared in yaml (a `+key` there is a typo); `_target_` nodes are closed too."""
+
+TYPO_SIMILARITY = 0.9
+"""difflib ratio above which a key added to an open node is taken for a misspelling of its neighbour
+(nnode/nnodes 0.91, lamda_lr/lambda_lr 0.94; num_gpus/num_cpus, both real ray.init arguments, 0.88)."""
 
 
 @dataclass(frozen=True)
@@ -180,11 +185,12 @@ class Defaults:
         return cls(values=_container(reference, resolve=True), raw=_container(reference, resolve=False))
 
 
-def check_against_defaults(cfg: DictConfig, defaults: Defaults) -> None:
+def check_against_defaults(cfg: DictConfig, defaults: Defaults) -> list[str]:
     """Unknown keys in closed nodes, and booleans or numbers replaced by another type; raises ConfigError.
 
     Interpolated values (`${...}`) are skipped: the key they copy is checked where it is set. One that
-    does not resolve is reported at the key the user set, not at the first key that copies it.
+    does not resolve is reported at the key the user set, not at the first key that copies it. Returns
+    warnings: keys added to open nodes that look like a misspelling of a key beside them.
     """
     raw = _container(cfg, resolve=False)
     try:
@@ -192,12 +198,14 @@ def check_against_defaults(cfg: DictConfig, defaults: Defaults) -> None:
     except OmegaConfBaseException as error:
         key, cause = _failing_interpolation(cfg, raw, defaults.raw) or (error.full_key, error)
         raise ConfigError(f"{key or 'config'}: {_one_line(cause)}") from None
-    check_tree(given, defaults.values, raw)
+    return check_tree(given, defaults.values, raw)
 
 
-def check_tree(given: Mapping[str, Any], default: Mapping[str, Any], raw: Mapping[str, Any]) -> None:
+def check_tree(given: Mapping[str, Any], default: Mapping[str, Any], raw: Mapping[str, Any]) -> list[str]:
     """`check_against_defaults` on plain containers: resolved values, resolved defaults, unresolved values."""
-    _compare(given, raw, default, "", None)
+    warnings: list[str] = []
+    _compare(given, raw, default, "", None, warnings)
+    return warnings
 
 
 def _container(cfg: DictConfig, resolve: bool) -> dict[str, Any]:
@@ -223,16 +231,16 @@ def _failing_interpolation(cfg: DictConfig, raw: Mapping[str, Any], default: Map
 
 
 def _compare(given: Mapping[str, Any], raw: Mapping[str, Any], default: Mapping[str, Any], prefix: str,
-             cls: type | None) -> None:
+             cls: type | None, warnings: list[str]) -> None:
     """Walk `given` beside `default`; `cls` is the verl dataclass that types `given` (None: untyped)."""
     for name, value in given.items():
         key, expected = f"{prefix}{name}", default.get(name, _ABSENT)
         if isinstance(raw.get(name), str) and "${" in raw[name]:
             continue
         if expected is _ABSENT:
-            _check_known(key, list(default), cls)
+            _check_known(key, list(default), cls, warnings)
         elif isinstance(value, Mapping) and isinstance(expected, Mapping):
-            _compare(value, raw[name], expected, f"{key}.", _child_class(cls, name, value))
+            _compare(value, raw[name], expected, f"{key}.", _child_class(cls, name, value), warnings)
         elif _changed_type(expected, value) and not _admits(cls, name, value):
             kind = "bool" if isinstance(expected, bool) else "number"
             _check_kind(key, value, Rule(kind, example=expected, nullable=True))
@@ -250,19 +258,27 @@ def _changed_type(expected: Any, value: Any) -> bool:
     return _is_number(expected) and not _is_number(value)
 
 
-def _check_known(key: str, known: list[str], cls: type | None) -> None:
-    """A key the defaults lack: fine in open nodes (override_config, ray_init, ...), an error in closed ones."""
+def _check_known(key: str, known: list[str], cls: type | None, warnings: list[str]) -> None:
+    """A key the defaults lack: an error in closed nodes; in open ones (override_config, ray_init, ...) a
+    warning when it is one typo away from a key beside it."""
     parent_key, _, name = key.rpartition(".")
     if parent_key in CLOSED_NODES:
         owner = f"the {parent_key} node"
     elif cls is not None and name not in (fields := [f.name for f in dataclasses.fields(cls)]):
         known, owner = fields, f"verl's {cls.__name__} ({parent_key})"
     else:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=TYPO_SIMILARITY)
+        if close:
+            warnings.append(f"{key}: not a key of the defaults (added with +); did you mean {parent_key}.{close[0]}?")
         return
+    raise ConfigError(f"{key}: unknown key, {owner} has no {name!r}; {_suggestion(parent_key, name, known)}")
+
+
+def _suggestion(parent_key: str, name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=1)
-    listed = ", ".join(sorted(k for k in known if not k.startswith("_"))[:12])
-    hint = f"did you mean {parent_key}.{close[0]}?" if close else f"its keys include {listed}"
-    raise ConfigError(f"{key}: unknown key, {owner} has no {name!r}; {hint}")
+    if close:
+        return f"did you mean {parent_key}.{close[0]}?"
+    return f"its keys include {', '.join(sorted(k for k in known if not k.startswith('_'))[:12])}"
 
 
 def _child_class(parent: type | None, name: str, child: Mapping[str, Any]) -> type | None:
@@ -298,6 +314,67 @@ def _hints(cls: type) -> dict[str, Any]:
 def _flatten(hint: Any) -> set[Any]:
     args = typing.get_args(hint)
     return set().union(*(_flatten(a) for a in args)) if args else {hint}
+
+
+# ----------------------------------------------------------------------------------------------
+# Hydra's composition errors, as one line.
+
+_NO_SUCH_KEY = re.compile(r"Could not override '([^']+)'")
+_NO_SUCH_OPTION = re.compile(r"Could not find '([^'/]+)/([^']+)'")
+_ALREADY_THERE = re.compile(r"An item is already at '([^']+)'")
+_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic"
+
+
+def explain_compose_error(message: str, overrides: Sequence[str], defaults: Defaults | None) -> str:
+    """Hydra's (multi-line) composition error as one line that starts with the key or group it is about.
+
+    defaults: the default config, for a did-you-mean on a key that does not exist (None: no suggestion).
+    """
+    if match := _NO_SUCH_KEY.search(message):
+        key = match.group(1)
+        hint = _corrected_key(key, defaults.values) if defaults else None
+        return f"{key}: no such key; {hint or 'check the spelling'} (a new key needs a leading +, e.g. +{key}=...)"
+    if match := _NO_SUCH_OPTION.search(message):
+        group, option = match.groups()
+        listing = message.split("Available options", 1)[-1].split("Config search path")[0]
+        options = [line.strip() for line in listing.splitlines()[1:] if line.strip()]
+        return f"{group}: no option {option!r} (no {group}/{option}.yaml); choose one of {', '.join(options)}"
+    if match := _ALREADY_THERE.search(message):
+        key = match.group(1)
+        return f"{key}: exists already, so set it without the leading + ({key}=...)"
+    unparsable = _unparsable(overrides)
+    if unparsable is not None:
+        key = unparsable.split("=", 1)[0].lstrip("+~")
+        detail = "; ".join(line.strip() for line in message.splitlines() if line.strip() and "hydra.cc" not in line)
+        return (f"{key}: cannot parse {unparsable!r} ({detail}); write key=value, quoting a value with spaces or "
+                f"brackets in single quotes (see {_GRAMMAR})")
+    return "; ".join(line.strip() for line in message.split("Config search path:")[0].splitlines() if line.strip())
+
+
+def _corrected_key(key: str, tree: Mapping[str, Any]) -> str | None:
+    """'did you mean <key with its first unknown part replaced by the closest existing one>?', or None."""
+    parts, node = key.split("."), tree
+    for index, part in enumerate(parts):
+        if not isinstance(node, Mapping):
+            return None
+        if part not in node:
+            close = difflib.get_close_matches(part, list(node), n=1)
+            return f"did you mean {'.'.join([*parts[:index], close[0], *parts[index + 1:]])}?" if close else None
+        node = node[part]
+    return None
+
+
+def _unparsable(overrides: Sequence[str]) -> str | None:
+    """The first override Hydra's grammar cannot parse."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except Exception:  # noqa: BLE001 — any parse failure marks the culprit
+            return override
+    return None
 
 
 def _one_line(error: BaseException) -> str:

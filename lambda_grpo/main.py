@@ -19,20 +19,46 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from lambda_grpo.config import CONFIG_MODULE, CONFIG_NAME, ConfigError, apply_choices, config_dir, validate
+from lambda_grpo.config import (
+    CONFIG_MODULE,
+    CONFIG_NAME,
+    ConfigError,
+    apply_choices,
+    compose_with_choices,
+    config_dir,
+    validate,
+)
 from lambda_grpo.local_ray import check_local_ray
 
 # The configs beside the code (a checkout, a Ray job's uploaded working dir), else the packaged copy.
 CONFIG_PATH = str(config_dir() or f"pkg://{CONFIG_MODULE}")
 
 
+def main() -> None:
+    """The command line's overrides must compose (else one line, exit 2); then Hydra runs `train`.
+
+    Hydra prints its own composition errors over several lines (and advises a `+` for a misspelt key);
+    composing first turns them into one line with a did-you-mean. Hydra's flags (--cfg, --help, -m)
+    go to Hydra untouched.
+    """
+    overrides = sys.argv[1:]
+    if not any(argument.startswith("-") for argument in overrides):
+        try:
+            compose_with_choices(overrides)
+        except ConfigError as error:
+            _refuse(error)
+    train()
+
+
 @hydra.main(config_path=CONFIG_PATH, config_name=CONFIG_NAME, version_base=None)
-def main(cfg: DictConfig) -> None:
+def train(cfg: DictConfig) -> None:
+    """Validate (warnings printed, errors one line and exit 2), check this machine, then run."""
     choices = HydraConfig.get().runtime.choices
     apply_choices(cfg, choices)
     try:
@@ -40,9 +66,13 @@ def main(cfg: DictConfig) -> None:
             print(f"lambda_grpo: warning: {_one_line(warning)}", file=sys.stderr)
         check_local_ray(cfg)
     except ConfigError as error:
-        print(f"lambda_grpo: invalid config: {_one_line(error)}", file=sys.stderr)
-        sys.exit(2)
+        _refuse(error)
     run(cfg)
+
+
+def _refuse(error: ConfigError) -> NoReturn:
+    print(f"lambda_grpo: invalid config: {_one_line(error)}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _one_line(message: object) -> str:

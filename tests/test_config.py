@@ -138,11 +138,27 @@ def test_missing_and_nonexistent_paths(data_files, tmp_path):
         validate(compose([*data_files, f"actor_rollout_ref.model.path={tmp_path / 'no-model'}"]))
 
 
-def test_unknown_group_choices_name_the_group():
-    with pytest.raises(ConfigError, match="Could not find 'algo/gspo'"):
-        compose(["algo=gspo"])
-    with pytest.raises(ConfigError, match="Could not find 'model_size/qwen3_8b'"):
-        compose(["model_size=qwen3_8b"])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["algo=gspo"], "algo: no option 'gspo' (no algo/gspo.yaml); choose one of dapo, dr_grpo, grpo, lambda_grpo"),
+        (["model_size=qwen3_8b"], "model_size: no option 'qwen3_8b' (no model_size/qwen3_8b.yaml); choose one of "
+                                  "qwen2_5_1_5b, qwen2_5_3b, qwen2_5_7b, tiny_cpu"),
+        (["trainer.nnode=2"], "trainer.nnode: no such key; did you mean trainer.nnodes? (a new key needs a leading +, "
+                              "e.g. +trainer.nnode=...)"),
+        (["tranier.nnodes=2"], "tranier.nnodes: no such key; did you mean trainer.nnodes?"),
+        (["+trainer.nnodes=2"], "trainer.nnodes: exists already, so set it without the leading + (trainer.nnodes=...)"),
+        (["trainer.nnodes"], "trainer.nnodes: cannot parse 'trainer.nnodes' (Error parsing override 'trainer.nnodes'; "
+                             "missing EQUAL at '<EOF>'); write key=value"),
+        (["algo=dapo", "lambda_grpo.lambda_bounds=[1,"], "lambda_grpo.lambda_bounds: cannot parse "
+                                                         "'lambda_grpo.lambda_bounds=[1,'"),
+    ],
+)
+def test_overrides_that_do_not_compose_are_one_line_naming_the_key(overrides, message):
+    """Hydra's own messages run over several lines and advise a + for a misspelt key."""
+    with pytest.raises(ConfigError) as error:
+        compose(overrides)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value), str(error.value)
 
 
 def test_other_verl_version_is_refused(monkeypatch, data_files):

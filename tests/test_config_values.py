@@ -182,9 +182,20 @@ def test_unknown_keys_in_closed_nodes_are_refused_with_a_suggestion(default_cfg,
 
 
 @pytest.mark.parametrize("key", ["actor_rollout_ref.model.override_config.rope_theta", "ray_kwargs.ray_init._temp_dir",
-                                 "reward.custom_reward_function.reward_kwargs.preference", "trainer.my_note"])
+                                 "ray_kwargs.ray_init.num_gpus", "trainer.my_note",
+                                 "reward.custom_reward_function.reward_kwargs.preference"])
 def test_open_nodes_take_new_keys(default_cfg, default_values, key):
     cfg = copy.deepcopy(default_cfg)
     OmegaConf.set_struct(cfg, False)
     OmegaConf.update(cfg, key, "x", merge=True, force_add=True)
-    check_against_defaults(cfg, default_values)
+    assert check_against_defaults(cfg, default_values) == []
+
+
+@pytest.mark.parametrize(("key", "meant"), [("trainer.nnode", "trainer.nnodes"),
+                                            ("trainer.experiment_nam", "trainer.experiment_name")])
+def test_a_new_key_one_typo_from_its_neighbour_warns(default_cfg, default_values, key, meant):
+    cfg = copy.deepcopy(default_cfg)
+    OmegaConf.set_struct(cfg, False)
+    OmegaConf.update(cfg, key, 1, merge=True, force_add=True)
+    assert check_against_defaults(cfg, default_values) == [
+        f"{key}: not a key of the defaults (added with +); did you mean {meant}?"]

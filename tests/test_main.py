@@ -19,9 +19,15 @@ def run_main(*overrides, cwd, env=None):
     return result, time.monotonic() - start
 
 
-def test_unknown_algo_fails_fast_naming_the_group(tmp_path):
-    result, seconds = run_main("algo=gspo", cwd=tmp_path)
-    assert result.returncode != 0 and "algo/gspo" in result.stderr
+@pytest.mark.parametrize(("override", "line"), [
+    ("algo=gspo", "algo: no option 'gspo' (no algo/gspo.yaml)"),
+    ("trainer.nnode=2", "trainer.nnode: no such key; did you mean trainer.nnodes?"),
+])
+def test_overrides_that_do_not_compose_fail_fast_in_one_line(tmp_path, override, line):
+    result, seconds = run_main(override, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line: not Hydra's several
+    assert result.stderr.startswith(f"lambda_grpo: invalid config: {line}")
     assert seconds < 60  # seconds, not after model loading (no Ray, no model)
 
 
