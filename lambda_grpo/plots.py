@@ -20,6 +20,11 @@ Figures (file name <- metric):
   val_<source>.png     <- val-core/<source>/acc/mean@<n>   validation accuracy per data source (verl's
                                                            metric_utils / ray_trainer naming)
 A run without a metric has no line in that figure; a metric no run has gets no figure (both are printed).
+
+Bad input is one line on stderr and exit status 2, never a traceback: a missing path, a folder without logs, a
+JSONL line that is not verl's file-logger format, a tensorboard file that fails its checksums (a truncated last
+record, as a run killed while writing leaves, is read up to there, as tensorboard does), and a run that has none
+of the metrics above (its metrics are listed, to spot a wrong path or a renamed metric).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,27 +53,56 @@ VALIDATION = re.compile(r"val-core/(?P<source>.+)/acc/mean@\d+")
 
 
 def _read_file_logger(path: Path) -> Iterable[tuple[int, str, float]]:
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                step, data = int(record["step"]), record["data"]
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-                raise ValueError(f"{path}:{number}: not a verl file-logger line ({error})") from None
-            for metric, value in data.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    yield step, metric, float(value)
+    """(step, metric, value) of every numeric metric in a verl file-logger JSONL file.
+
+    A last line without its newline that does not parse is what a run stopped while writing leaves: it is skipped
+    with a note. Any other line that is not {"step": N, "data": {...}} is an error naming the file and line.
+    """
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            step, data = int(record["step"]), dict(record["data"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            if number == len(lines) and not text.endswith("\n"):
+                print(f"note: {path}:{number}: incomplete last line (a run stopped while writing it), skipped")
+                return
+            raise ValueError(f"{path}:{number}: not a verl file-logger line ({error})") from None
+        for metric, value in data.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                yield step, metric, float(value)
+
+
+def _check_event_file(path: Path) -> None:
+    """ValueError if a record of the tensorboard event file `path` fails its checksum (truncation is tolerated)."""
+    from tensorboard.compat.tensorflow_stub import errors, pywrap_tensorflow
+
+    reader = pywrap_tensorflow.PyRecordReader_New(str(path), 0, None, None)
+    while True:
+        try:
+            reader.GetNext()
+        except errors.OutOfRangeError:
+            return
+        except errors.DataLossError as error:
+            if "truncated" in error.message:
+                return
+            raise ValueError(f"{path}: not a readable tensorboard event file ({error.message})") from None
 
 
 def _read_tensorboard(directory: Path) -> Iterable[tuple[int, str, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+    except ImportError:
+        raise ValueError(f"{directory}: reading tensorboard logs needs the tensorboard package") from None
 
     files = sorted(directory.glob("events.out.tfevents.*"))
     if not files:
-        raise ValueError(f"{directory}: no events.out.tfevents.* files")
+        raise ValueError(f"{directory}: no verl metrics (*.jsonl) or tensorboard (events.out.tfevents.*) files")
     for file in files:
+        _check_event_file(file)
         accumulator = EventAccumulator(str(file), size_guidance={SCALARS: 0})
         accumulator.Reload()
         for tag in accumulator.Tags()[SCALARS]:
@@ -151,6 +186,23 @@ def _run_argument(text: str) -> tuple[str, list[Path]]:
     return name, [Path(path).expanduser() for path in paths.split(",")]
 
 
+def check_runs(runs: Mapping[str, Series], paths: Mapping[str, list[Path]]) -> None:
+    """ValueError naming each run that has none of the plotted metrics (module docstring), with what it has."""
+    plotted = [metric for _, metric, _ in QUANTITIES]
+    problems = []
+    for name, series in runs.items():
+        if any(metric in series for metric in plotted) or any(VALIDATION.fullmatch(metric) for metric in series):
+            continue
+        where = ",".join(map(str, paths[name]))
+        found = sorted(series)
+        listed = ", ".join(found[:8]) + (", ..." if len(found) > 8 else "")
+        has = f"it has {len(found)}: {listed}" if found else "it has no metrics"
+        wanted = ", ".join([*plotted, "val-core/<source>/acc/mean@<n>"])
+        problems.append(f"run {name!r} ({where}) has none of {wanted}; {has}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lambda_grpo.plots",
@@ -167,13 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     names = [name for name, _ in args.run]
     if len(set(names)) != len(names):
         parser.error(f"a run name is used twice: {names}")
-    runs = {name: read_run(paths) for name, paths in args.run}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    drawn = figures(runs)
-    for figure in drawn:
-        missing = sorted(set(runs) - set(figure.lines))
-        note = f" (no {figure.metric} in: {', '.join(missing)})" if missing else ""
-        print(f"{draw(figure, args.out_dir)}{note}")
+    try:
+        runs = {name: read_run(paths) for name, paths in args.run}
+        check_runs(runs, dict(args.run))
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        drawn = figures(runs)
+        for figure in drawn:
+            missing = sorted(set(runs) - set(figure.lines))
+            note = f" (no {figure.metric} in: {', '.join(missing)})" if missing else ""
+            print(f"{draw(figure, args.out_dir)}{note}")
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     for name, metric, _ in QUANTITIES:
         if name not in {figure.name for figure in drawn}:
             print(f"no run has {metric}: {name}.png not drawn")

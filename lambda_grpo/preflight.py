@@ -17,7 +17,12 @@ What it checks, each finding reported as OK, WARN or FAIL:
    - the checkpoint directory (`trainer.default_local_dir`) can be created there; under a job with
      an uploaded working directory it must be absolute, or checkpoints vanish with the job and
      `trainer.resume_mode=auto` finds nothing to resume from;
+   - its file system has room for the checkpoints the run keeps at once (`df` at the directory,
+     against `lambda_grpo.checkpoint_size`: the model's parameter count from its safetensors headers,
+     fp32 parameters and two Adam moments per checkpoint, times `trainer.max_actor_ckpt_to_keep`);
    - each GPU has the memory the model size needs (`GPU_MEMORY_GB`, the one place it is stated);
+   - the NVIDIA driver (from `nvidia-smi`) is new enough for the CUDA that this node's torch was built
+     with (`MIN_DRIVER_FOR_CUDA`: torch 2.11.0+cu130 needs >= 580), and torch is a CUDA build at all;
    - the loss is registered: `verl.trainer.ppo.core_algos.get_policy_loss_fn(name)` resolves for
      `lambda_grpo` and for the configured `actor_rollout_ref.actor.policy_loss.loss_mode`, loaded
      the way training's workers load it (verl's plugin import on `import verl`, nothing imported
@@ -45,7 +50,9 @@ from typing import Any
 
 import ray
 
+from lambda_grpo.checkpoint_size import CheckpointPlan, count_parameters, extra_file_bytes
 from lambda_grpo.config import ray_job_runtime_env
+from lambda_grpo.local_ray_token import secure_local_token
 
 LAMBDA_GRPO_LOSS = "lambda_grpo"
 
@@ -69,6 +76,7 @@ class GpuMemory:
 # verl's Qwen2-7B GRPO example (8 x 80 GB); tiny_cpu runs on CPU and needs no GPU.
 GPU_MEMORY_GB = {
     "tiny_cpu": GpuMemory(minimum=0.0, tuned_for=0.0),
+    "tiny_gpu": GpuMemory(minimum=16.0, tuned_for=16.0),
     "qwen2_5_1_5b": GpuMemory(minimum=40.0, tuned_for=80.0),
     "qwen2_5_3b": GpuMemory(minimum=40.0, tuned_for=80.0),
     "qwen2_5_7b": GpuMemory(minimum=40.0, tuned_for=80.0),
@@ -77,6 +85,11 @@ GPU_MEMORY_GB = {
 # Below this, /dev/shm is too small for NCCL and vLLM on a GPU node (Docker's default is 64 MB;
 # verl's docs run containers with --shm-size=10g).
 MIN_SHM_GB = 8.0
+
+# The oldest NVIDIA driver (major version) that runs each CUDA major release, from NVIDIA's CUDA
+# Compatibility guide, "Minor Version Compatibility", Table 1 (CUDA 13.x >= 580, 12.x >= 525, 11.x >= 450).
+# torch 2.11.0 from PyPI and in verl's image is the CUDA 13.0 build: driver >= 580.
+MIN_DRIVER_FOR_CUDA = {11: 450, 12: 525, 13: 580}
 
 # A Hugging Face hub id: "org/name", no leading "/", "." or "~".
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -100,6 +113,7 @@ class RunRequirements:
     extra_paths: config key -> path for optional inputs (tokenizer, reward function file).
     gpus_per_node / gpu_memory: no GPU (0, None) with `trainer.device=cpu`.
     loss_names: policy losses that must resolve in every worker.
+    checkpoints: what the config says about checkpoints (None: no disk check).
     """
 
     data_files: dict[str, list[str]]
@@ -110,6 +124,7 @@ class RunRequirements:
     gpu_memory: GpuMemory | None
     loss_names: tuple[str, ...]
     extra_paths: dict[str, str] = field(default_factory=dict)
+    checkpoints: CheckpointPlan | None = None
 
 
 def compose_and_validate(overrides: Sequence[str]):
@@ -155,7 +170,20 @@ def requirements_from_config(cfg, model_size: str | None) -> RunRequirements:
         gpu_memory=GPU_MEMORY_GB[model_size] if on_gpu else None,
         loss_names=tuple(dict.fromkeys([LAMBDA_GRPO_LOSS, loss_mode])),
         extra_paths={k: str(v) for k, v in extra.items() if v},
+        checkpoints=checkpoint_plan_from_config(cfg),
     )
+
+
+def checkpoint_plan_from_config(cfg) -> CheckpointPlan:
+    """The keys of verl's config that decide how much the run's checkpoints take (checkpoint_size)."""
+    trainer, actor = cfg.trainer, cfg.actor_rollout_ref.actor
+    steps = trainer.get("total_training_steps")
+    keep = trainer.get("max_actor_ckpt_to_keep")
+    return CheckpointPlan(save_freq=int(trainer.save_freq), total_training_steps=None if steps is None else int(steps),
+                          total_epochs=int(trainer.total_epochs), train_batch_size=int(cfg.data.train_batch_size),
+                          max_to_keep=None if keep is None else int(keep),
+                          model_dtype=str(actor.fsdp_config.get("model_dtype", "fp32")),
+                          save_contents=tuple(str(c) for c in actor.checkpoint.save_contents))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,7 +211,26 @@ def _hub_cache_fact(repo_id: str) -> dict[str, Any]:
         return {"cached": False, "offline": True}
     cached = try_to_load_from_cache(repo_id, "config.json")
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    return {"cached": isinstance(cached, str), "offline": offline}
+    return {"cached": isinstance(cached, str), "offline": offline,
+            "dir": os.path.dirname(cached) if isinstance(cached, str) else None}
+
+
+def parse_df_available(output: str) -> int:
+    """Bytes available to this user, from `df -P -k PATH` (POSIX format: a header, then one line
+    `Filesystem 1024-blocks Used Available Capacity Mounted-on`; the file system's name may hold
+    spaces, so Available is read as the field before the `NN%` Capacity field)."""
+    fields = output.strip().splitlines()[-1].split()
+    capacity = next(i for i in range(len(fields) - 1, 0, -1) if fields[i].endswith("%"))
+    return int(fields[capacity - 1]) * 1024
+
+
+def _free_bytes(path: str) -> int | None:
+    """Bytes available at `path`, as `df` reports them there (what the user sees checking by hand)."""
+    try:
+        out = subprocess.run(["df", "-P", "-k", path], capture_output=True, text=True, timeout=60, check=True).stdout
+        return parse_df_available(out)
+    except (OSError, subprocess.SubprocessError, ValueError, StopIteration):
+        return None
 
 
 def _writable_ancestor(path: str) -> dict[str, Any]:
@@ -193,24 +240,60 @@ def _writable_ancestor(path: str) -> dict[str, Any]:
     while not os.path.exists(ancestor):
         ancestor = os.path.dirname(ancestor)
     return {"path": path, "resolved": resolved, "ancestor": ancestor,
-            "writable": os.access(ancestor, os.W_OK | os.X_OK)}
+            "writable": os.access(ancestor, os.W_OK | os.X_OK), "free_bytes": _free_bytes(ancestor)}
+
+
+def parse_nvidia_smi(output: str) -> list[dict[str, Any]]:
+    """Each GPU of `nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader,nounits`
+    (one line per GPU: "NVIDIA H200, 143771, 580.65.06"; memory in MiB; the name may hold commas)."""
+    gpus = []
+    for line in output.strip().splitlines():
+        name, mib, driver = (part.strip() for part in line.rsplit(",", 2))
+        gpus.append({"name": name, "memory_bytes": int(mib) * 2**20, "driver_version": driver})
+    return gpus
 
 
 def _gpu_facts() -> list[dict[str, Any]] | None:
-    """Name and total memory (bytes) of each GPU of this node, from nvidia-smi; None without it.
+    """Name, total memory (bytes) and driver version of each GPU of this node, from nvidia-smi; None
+    without it.
 
     nvidia-smi, not torch: Ray hides the node's GPUs (CUDA_VISIBLE_DEVICES="") from a task that
     asked for none.
     """
     if shutil.which("nvidia-smi") is None:
         return None
-    out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
-    gpus = []
-    for line in out.strip().splitlines():
-        name, mib = (part.strip() for part in line.rsplit(",", 1))
-        gpus.append({"name": name, "memory_bytes": int(mib) * 2**20})
-    return gpus
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                          "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=60, check=True).stdout
+    return parse_nvidia_smi(out)
+
+
+def _torch_fact() -> dict[str, Any]:
+    """The torch this node's workers import: its version and the CUDA it was built for (None: CPU build)."""
+    import torch
+
+    return {"version": torch.__version__, "cuda": torch.version.cuda}
+
+
+def _model_size_fact(model: dict[str, Any]) -> dict[str, Any] | None:
+    """Parameter count and config/tokenizer bytes of the model folder on this node; None where there is
+    no folder to read (a hub id not in the cache)."""
+    folder = model.get("resolved") if model.get("is_dir") else (model.get("hub") or {}).get("dir")
+    if not folder:
+        return None
+    try:
+        return {"parameters": count_parameters(folder), "extra_bytes": extra_file_bytes(folder)}
+    except (OSError, ValueError, KeyError) as error:
+        return {"parameters": None, "error": f"{type(error).__name__}: {error}"}
+
+
+def _train_rows(paths: Sequence[str]) -> int | None:
+    """Rows of the training parquet files (their footers only), or None if one cannot be read."""
+    import pyarrow.parquet as pq
+
+    try:
+        return sum(pq.read_metadata(os.path.expanduser(path)).num_rows for path in paths)
+    except (OSError, ValueError):
+        return None
 
 
 def _loss_fact(name: str) -> dict[str, Any]:
@@ -239,7 +322,10 @@ def node_facts(req: RunRequirements, env_keys: Sequence[str]) -> dict[str, Any]:
         "model": model,
         "extra_paths": {key: _path_fact(p) for key, p in req.extra_paths.items()},
         "checkpoint_dir": _writable_ancestor(req.checkpoint_dir),
+        "model_size": _model_size_fact(model),
+        "train_rows": _train_rows(req.data_files.get("data.train_files", [])),
         "gpus": _gpu_facts(),
+        "torch": _torch_fact(),
         "shm_bytes": shm,
         "losses": [_loss_fact(name) for name in req.loss_names],
         "env": {key: os.environ.get(key) for key in env_keys},
@@ -308,6 +394,61 @@ def _check_gpus(where: str, gpus: list[dict[str, Any]] | None, req: RunRequireme
     return findings
 
 
+def _check_driver(where: str, gpus: list[dict[str, Any]], torch_fact: dict[str, Any]) -> list[Finding]:
+    """This node's NVIDIA driver against the CUDA its torch was built for (MIN_DRIVER_FOR_CUDA)."""
+    built = f"torch {torch_fact['version']}"
+    if torch_fact["cuda"] is None:
+        return [Finding("FAIL", where, f"{built} is a CPU build: install the GPU stack (make install-gpu) or "
+                                       "run the Docker image on this node")]
+    cuda_major = int(str(torch_fact["cuda"]).split(".")[0])
+    need = MIN_DRIVER_FOR_CUDA.get(cuda_major)
+    findings = []
+    for driver in sorted({gpu["driver_version"] for gpu in gpus}):
+        runs = f"NVIDIA driver {driver}, {built} (CUDA {torch_fact['cuda']})"
+        try:
+            major = int(driver.split(".")[0])
+        except ValueError:
+            findings.append(Finding("WARN", where, f"{runs}: cannot read the driver's version"))
+            continue
+        if need is None:
+            findings.append(Finding("WARN", where, f"{runs}: no known minimum driver for CUDA {cuda_major}.x"))
+        elif major < need:
+            findings.append(Finding("FAIL", where, f"{runs}: CUDA {cuda_major}.x needs driver >= {need}; upgrade "
+                                                   f"this node's NVIDIA driver to {need} or newer"))
+        else:
+            findings.append(Finding("OK", where, f"{runs}: CUDA {cuda_major}.x needs driver >= {need}"))
+    return findings
+
+
+def _size(num_bytes: float) -> str:
+    return f"{num_bytes / 1e9:.3g} GB"
+
+
+def _check_checkpoint_space(where: str, facts: dict[str, Any], plan: CheckpointPlan) -> Finding:
+    """Free space at the checkpoint directory against what the run's checkpoints take at once."""
+    key, place = "trainer.default_local_dir", facts["checkpoint_dir"]
+    free, size = place.get("free_bytes"), facts.get("model_size") or {}
+    if free is None:
+        return Finding("WARN", where, f"{key}: could not read the free space at {place['ancestor']} (df failed)")
+    if size.get("parameters") is None:
+        why = size.get("error") or "no *.safetensors files in the model folder on this node"
+        return Finding("WARN", where, f"{key}: {_size(free)} free; checkpoint size unknown ({why})")
+    need = plan.required_bytes(size["parameters"], size["extra_bytes"], facts.get("train_rows"))
+    if need is None:
+        return Finding("WARN", where, f"{key}: {_size(free)} free; every checkpoint is kept "
+                                      "(trainer.max_actor_ckpt_to_keep=null) and the number of steps depends on "
+                                      "data.train_files, which could not be read: set trainer.max_actor_ckpt_to_keep")
+    kept, required = need
+    message = (f"{key}: {_size(free)} free at {place['ancestor']}; the run keeps up to {kept} checkpoint(s) of "
+               f"{_size(required / max(kept, 1))} ({size['parameters'] / 1e9:.3g}B parameters, {plan.model_dtype}, "
+               f"{'+'.join(plan.save_contents)}; trainer.max_actor_ckpt_to_keep={plan.max_to_keep}, "
+               f"trainer.save_freq={plan.save_freq}) = {_size(required)}")
+    if free < required:
+        return Finding("FAIL", where, f"{message}: free space there, lower trainer.max_actor_ckpt_to_keep, or point "
+                                      f"{key} at a larger file system")
+    return Finding("OK", where, message)
+
+
 def _check_checkpoint_dir(where: str, fact: dict[str, Any], uploaded_working_dir: bool) -> Finding:
     key = "trainer.default_local_dir"
     if uploaded_working_dir and not os.path.isabs(os.path.expanduser(fact["path"])):
@@ -326,7 +467,11 @@ def check_node(where: str, facts: dict[str, Any], req: RunRequirements, expected
     findings.append(_check_model(where, facts["model"]))
     findings += [_check_path(where, key, fact) for key, fact in facts["extra_paths"].items()]
     findings.append(_check_checkpoint_dir(where, facts["checkpoint_dir"], uploaded_working_dir))
+    if req.checkpoints is not None and facts["checkpoint_dir"]["writable"]:
+        findings.append(_check_checkpoint_space(where, facts, req.checkpoints))
     findings += _check_gpus(where, facts["gpus"], req, facts["shm_bytes"])
+    if req.gpus_per_node and facts["gpus"]:
+        findings += _check_driver(where, facts["gpus"], facts["torch"])
     for loss in facts["losses"]:
         if loss["ok"]:
             findings.append(Finding("OK", where, f"loss {loss['name']!r} registered: {loss['function']} ({loss['file']})"))
@@ -400,12 +545,15 @@ def format_report(overrides: Sequence[str], findings: Sequence[Finding]) -> str:
 
 
 def connect_ray(cfg, address: str | None) -> None:
-    """Join the given cluster (or $RAY_ADDRESS's); else start a local one as lambda_grpo.main would."""
+    """Join the given cluster (or $RAY_ADDRESS's); else start a local one as lambda_grpo.main would,
+    its auth token file private (`secure_local_token`)."""
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address)
     else:
         from omegaconf import OmegaConf
 
+        if notice := secure_local_token(None):
+            print(notice, flush=True)
         ray_init = cfg.get("ray_kwargs", {}).get("ray_init") or {}
         ray.init(**OmegaConf.to_container(OmegaConf.create(ray_init), resolve=True))
 

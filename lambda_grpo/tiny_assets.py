@@ -2,8 +2,11 @@
 
 Three assets, generated on first use into a cache directory and reused afterwards:
 
-- a byte-level BPE tokenizer trained locally with `tokenizers` (ChatML chat template,
-  EOS `<|im_end|>`, pad `<|endoftext|>`), saved as an HF tokenizer directory;
+- a byte-level BPE tokenizer trained locally with `tokenizers`, saved as an HF tokenizer
+  directory. Its special tokens are those of Qwen2.5 *base* models: EOS and pad `<|endoftext|>`,
+  a ChatML chat template whose turns end with `<|im_end|>`. EOS is not the end of a turn, so
+  every run of the tiny model checks that rollouts stop where the chat turn ends
+  (lambda_grpo.end_of_turn), as the real base models need;
 - a randomly initialised Qwen2-architecture causal LM (hidden 64, 2 layers, 1 head of dim 64 —
   vLLM's CPU attention rejects head_dim 16) saved as a self-contained HF model directory
   (weights, config, generation config and the tokenizer files, as verl and vLLM expect);
@@ -17,10 +20,12 @@ model here is random except for one "bias channel": hidden dimension 0 of every 
 is set to a constant, so after the final RMSNorm h[0] is almost the same at every position, and
 column 0 of the (untied) LM head holds `log p(token) / h[0]`. The logits are then
 `log p(token) + ε` with ε ~ 0.03: the untrained model samples from a chosen unigram prior —
-EOS with probability `p_eos` per step (response lengths ~ geometric, so they vary between 1 and
-the limit), a digit with probability `p_digit` (so the arithmetic reward below is non-zero
-often and differs within a group), any other token uniformly with the rest. Everything else
-(attention, MLP, the other LM-head columns) is ordinary random init, and training moves it.
+the end of turn `<|im_end|>` with probability `p_turn_end` per step (response lengths that stop
+there are geometric, so they vary between 1 and the limit), never EOS `<|endoftext|>` (a sampler
+that stops only at EOS runs every response to the limit), a digit with probability `p_digit`
+(so the arithmetic reward below is non-zero often and differs within a group), any other token
+uniformly with the rest. Everything else (attention, MLP, the other LM-head columns) is ordinary
+random init, and training moves it.
 
 Cache layout (`cache_dir` = `$LAMBDA_GRPO_CACHE`, default `~/.cache/lambda_grpo/tiny`)::
 
@@ -67,7 +72,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-ASSET_FORMAT = 1
+ASSET_FORMAT = 2
 """Bump when the generation code changes in a way the spec does not capture (invalidates caches)."""
 
 CACHE_ENV = "LAMBDA_GRPO_CACHE"
@@ -76,10 +81,10 @@ CACHE_ENV = "LAMBDA_GRPO_CACHE"
 DATA_SOURCE = "lambda_grpo/toy_add"
 """`data_source` of the toy task's rows (verl's reward dispatch key)."""
 
-PAD_TOKEN = "<|endoftext|>"
+EOS_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
-SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END)
+SPECIAL_TOKENS = (EOS_TOKEN, IM_START, IM_END)
 """Special tokens, in id order right after nothing: ids 0, 1, 2 (the BPE trainer puts them first)."""
 
 CHAT_TEMPLATE = (
@@ -102,9 +107,9 @@ class TinySpec:
     """Everything that determines the generated assets (hashed into the cache key).
 
     Defaults: vocab ≤ 384 (256 byte tokens + 3 specials + the merges the small corpus yields),
-    hidden 64, MLP 128, 2 layers, 1 attention head of dim 64; unigram prior p_eos = 1/8 per
-    step (mean response ≈ 8 tokens before the limit), p_digit = 1/2 spread over the 10 digits;
-    64 train and 16 validation prompts.
+    hidden 64, MLP 128, 2 layers, 1 attention head of dim 64; unigram prior p_turn_end = 1/8 per
+    step on `<|im_end|>` (mean response ≈ 8 tokens before the limit), p_digit = 1/2 spread over
+    the 10 digits; 64 train and 16 validation prompts.
     """
 
     seed: int = 0
@@ -115,7 +120,7 @@ class TinySpec:
     num_attention_heads: int = 1
     head_dim: int = 64
     max_position_embeddings: int = 512
-    p_eos: float = 0.125
+    p_turn_end: float = 0.125
     p_digit: float = 0.5
     n_train: int = 64
     n_val: int = 16
@@ -128,10 +133,10 @@ class TinySpec:
             )
         if self.head_dim < 32:
             raise ValueError(f"TinySpec: head_dim={self.head_dim}; vLLM's CPU attention rejects head_dim < 32")
-        if not (0 < self.p_eos < 1 and 0 <= self.p_digit < 1 and self.p_eos + self.p_digit < 1):
+        if not (0 < self.p_turn_end < 1 and 0 <= self.p_digit < 1 and self.p_turn_end + self.p_digit < 1):
             raise ValueError(
-                f"TinySpec: need 0 < p_eos, 0 <= p_digit and p_eos + p_digit < 1; got "
-                f"p_eos={self.p_eos}, p_digit={self.p_digit}"
+                f"TinySpec: need 0 < p_turn_end, 0 <= p_digit and p_turn_end + p_digit < 1; got "
+                f"p_turn_end={self.p_turn_end}, p_digit={self.p_digit}"
             )
         if self.vocab_size < 256 + len(SPECIAL_TOKENS):
             raise ValueError(f"TinySpec: vocab_size={self.vocab_size} < 259 (256 byte tokens + 3 specials)")
@@ -207,9 +212,10 @@ def _corpus() -> list[str]:
 def build_tokenizer(path: str | os.PathLike, spec: TinySpec = TinySpec()) -> Path:
     """Train a byte-level BPE tokenizer on `_corpus()` and save it as an HF tokenizer dir at `path`.
 
-    Vocab: 3 specials (ids 0-2: pad `<|endoftext|>`, `<|im_start|>`, `<|im_end|>`), the 256
+    Vocab: 3 specials (ids 0-2: `<|endoftext|>`, `<|im_start|>`, `<|im_end|>`), the 256
     byte-level symbols, then merges up to `spec.vocab_size` (fewer if the corpus runs out of
-    pairs). EOS is `<|im_end|>` (ChatML), pad `<|endoftext|>`; the chat template is ChatML.
+    pairs). As in Qwen2.5 base models, EOS and pad are `<|endoftext|>` and the ChatML template
+    ends each turn with `<|im_end|>`.
     Training is deterministic for a fixed corpus, so the saved files are byte-identical.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -228,9 +234,9 @@ def build_tokenizer(path: str | os.PathLike, spec: TinySpec = TinySpec()) -> Pat
     bpe.train_from_iterator(_corpus(), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
-        eos_token=IM_END,
-        pad_token=PAD_TOKEN,
-        additional_special_tokens=[IM_START],
+        eos_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+        additional_special_tokens=[IM_START, IM_END],
         clean_up_tokenization_spaces=False,
         model_max_length=spec.max_position_embeddings,
     )
@@ -241,20 +247,20 @@ def build_tokenizer(path: str | os.PathLike, spec: TinySpec = TinySpec()) -> Pat
 
 
 def _unigram_log_prior(tokenizer: Any, spec: TinySpec) -> "torch.Tensor":  # noqa: F821
-    """log p(token) of the untrained model: p_eos on EOS, p_digit over '0'..'9', the rest uniform.
+    """log p(token) of the untrained model: p_turn_end on `<|im_end|>`, p_digit over '0'..'9', the rest uniform.
 
-    The pad and `<|im_start|>` tokens get probability ~0 (log p = -30), so the model never
-    emits them.
+    EOS `<|endoftext|>` and `<|im_start|>` get probability ~0 (log p = -30), so the model never
+    emits them: its responses end only where the chat turn ends (or at the length limit).
     """
     import torch
 
     vocab = len(tokenizer)
-    eos_id = tokenizer.convert_tokens_to_ids(IM_END)
+    turn_end_id = tokenizer.convert_tokens_to_ids(IM_END)
     digit_ids = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
-    never = [tokenizer.convert_tokens_to_ids(PAD_TOKEN), tokenizer.convert_tokens_to_ids(IM_START)]
+    never = [tokenizer.convert_tokens_to_ids(EOS_TOKEN), tokenizer.convert_tokens_to_ids(IM_START)]
     n_other = vocab - 1 - len(digit_ids) - len(never)
-    prior = torch.full((vocab,), (1.0 - spec.p_eos - spec.p_digit) / n_other, dtype=torch.float64)
-    prior[eos_id] = spec.p_eos
+    prior = torch.full((vocab,), (1.0 - spec.p_turn_end - spec.p_digit) / n_other, dtype=torch.float64)
+    prior[turn_end_id] = spec.p_turn_end
     prior[digit_ids] = spec.p_digit / len(digit_ids)
     log_prior = prior.log()
     log_prior[never] = -30.0
@@ -267,15 +273,15 @@ def build_model(
     """Save a random Qwen2ForCausalLM (with the unigram-prior bias channel) plus tokenizer at `path`.
 
     Sizes from `spec`; vocab = the tokenizer's length; float32 safetensors; untied embeddings
-    (the bias channel needs the LM head to differ from the embedding). `generation_config.json`
-    names EOS so vLLM stops on it. Deterministic: seeded init, so the weights are bit-identical.
+    (the bias channel needs the LM head to differ from the embedding). `config.json` and
+    `generation_config.json` name EOS `<|endoftext|>`, as Qwen2.5 base models do (not the end of
+    turn). Deterministic: seeded init, so the weights are bit-identical.
     """
     import torch
     from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    eos_id = tokenizer.convert_tokens_to_ids(IM_END)
-    pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    eos_id = pad_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
@@ -432,7 +438,7 @@ def compute_score(
 ) -> dict[str, float]:
     """Toy-task reward, verl custom-reward signature; returns {"score", "acc", "response_chars"}.
 
-    With n = len(solution_str) (characters; EOS is already stripped by verl's decode),
+    With n = len(solution_str) (characters; the end-of-turn token is already stripped by verl's decode),
     C = LENGTH_CAP_CHARS = 64, pred = the first integer in the response (None if none),
     t = int(ground_truth):
 

@@ -7,15 +7,27 @@
 #   2. the file named by RAY_AUTH_TOKEN_PATH,
 #   3. the file ~/.ray/auth_token.
 # With RAY_AUTH_MODE=token every GCS RPC, dashboard and job-API request must carry the token.
+# A token file must belong to you and be readable by you only (mode 600); the head also refuses a
+# weak token. launch/checks.py does these checks (it never prints the token).
 
 # Repository root: launch/ sits directly under it, whatever the caller's working directory.
 LAUNCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck disable=SC2034  # used by the scripts that source this file
 REPO_ROOT="$(dirname "$LAUNCH_DIR")"
 
+# Token authentication needs Ray >= 2.52 (pyproject.toml's floor; tests/test_install_gpu.py keeps them equal).
+MIN_RAY_VERSION=2.52.0
+CHECKS="$LAUNCH_DIR/checks.py"
+
 die() {
     echo "error: $*" >&2
     exit 1
+}
+
+# The `ray` command must be on PATH and recent enough for token authentication.
+require_ray() {
+    command -v ray >/dev/null || die "the 'ray' command is not on PATH: activate the project's environment (make install creates .venv) or run inside the Docker image."
+    python3 "$CHECKS" ray-version "$MIN_RAY_VERSION" || exit 1
 }
 
 # The token file Ray reads when RAY_AUTH_TOKEN is unset.
@@ -44,18 +56,30 @@ or export RAY_AUTH_TOKEN from your secret store. On the head node, 'ray get-auth
 EOF
 }
 
-# Nodes and clients: require an existing token and switch token mode on.
+# A token file in use must be yours and private; with --strength (the head) also strong.
+check_token() {
+    if [[ -z "${RAY_AUTH_TOKEN:-}" ]]; then
+        python3 "$CHECKS" token-file "$(token_file)" "$@" || exit 1
+    elif [[ "${1:-}" == --strength ]]; then
+        python3 "$CHECKS" token-env || exit 1
+    fi
+}
+
+# Nodes and clients: require an existing, private token and switch token mode on.
 require_token() {
     have_token || die "no Ray auth token found (looked at RAY_AUTH_TOKEN and $(token_file)).
 $(how_to_get_token)"
+    check_token
     export RAY_AUTH_MODE=token
 }
 
-# Head node: use the existing token, or generate one (256 random bits as hex, as Ray's own
-# generator does) into the token file, readable by its owner only. Written under a temporary name
-# and renamed, so a crash never leaves a truncated token.
+# Head node: use the existing token once it passed the checks, or generate one (256 random bits as
+# hex, as Ray's own generator does) into the token file, readable by its owner only. Written under a
+# temporary name and renamed, so a crash never leaves a truncated token.
 ensure_token() {
-    if ! have_token; then
+    if have_token; then
+        check_token --strength
+    else
         local path
         path="$(token_file)"
         (

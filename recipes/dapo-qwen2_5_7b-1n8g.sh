@@ -2,5 +2,6 @@
 # DAPO baseline (token-mean, f = 1) · Qwen2.5-7B base · 1 node × 8 GPUs (80 GB)
 # Paper (arXiv 2510.06870, abstract): λ-GRPO averages +1.7 points over GRPO on 8 math benchmarks at this size.
 # Usage: recipes/dapo-qwen2_5_7b-1n8g.sh [overrides...]        LAUNCHER=cluster recipes/dapo-qwen2_5_7b-1n8g.sh [overrides...]
+# Install on the machines that train: make install-gpu (README "Quick start"), or the Docker image.
 source "$(dirname "$0")/lib.sh"
 run_recipe model_size=qwen2_5_7b algo=dapo "$@"

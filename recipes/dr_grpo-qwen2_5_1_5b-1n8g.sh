@@ -4,5 +4,6 @@
 # weights differ from the other recipes; Dr. GRPO's full recipe also needs
 # algorithm.norm_adv_by_std_in_grpo=false actor_rollout_ref.actor.use_kl_loss=false.
 # Usage: recipes/dr_grpo-qwen2_5_1_5b-1n8g.sh [overrides...]   LAUNCHER=cluster recipes/... [overrides...]
+# Install on the machines that train: make install-gpu (README "Quick start"), or the Docker image.
 source "$(dirname "$0")/lib.sh"
 run_recipe model_size=qwen2_5_1_5b algo=dr_grpo "$@"

@@ -46,3 +46,16 @@ def test_benchmark_prints_its_ratio_table(block_verl):
     assert result.returncode == 0, result.stderr[-2000:]
     assert ("torch_surrogate.py" in result.stdout) is block_verl
     assert float(ROW.search(result.stdout).group(1)) > 0
+
+
+def test_reward_benchmark_prints_its_ratio_and_the_table_check(tmp_path):
+    """benchmarks/reward_throughput.py end to end on a few samples and a two-case table (not a timing test)."""
+    cases = Path(__file__).with_name("reward_cases.jsonl").read_text().splitlines()[:2]
+    (tmp_path / "cases.jsonl").write_text("\n".join(cases) + "\n")
+    arguments = ["--count", "24", "--repeats", "1", "--runs", "1", "--target-ratio", "0"]
+    script = BENCHMARKS / "reward_throughput.py"
+    command = [sys.executable, str(script), *arguments, "--cases", str(tmp_path / "cases.jsonl")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"^synthetic seed 0\s+24\s+\d+%\s+\d+\s+\d+\s+[\d.]+x\s+0$", result.stdout, re.M), result.stdout
+    assert "test table: 2 of 2 verdicts identical []" in result.stdout

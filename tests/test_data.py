@@ -2,6 +2,10 @@
 
 import hashlib
 import json
+import os
+import socket
+import stat
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -204,3 +208,140 @@ def test_verl_rlhf_dataset_reads_the_written_files(sources, tmp_path, monkeypatc
     assert 0 < kept < len(lengths)
     short_prompts = RLHFDataset(files, tokenizer, OmegaConf.merge(config, {"max_prompt_length": limit}))
     assert len(short_prompts) == kept
+
+
+def _listing(out_dir):
+    return {path.name: path.read_bytes() for path in sorted(out_dir.iterdir())}
+
+
+def test_a_rerun_with_fewer_datasets_leaves_one_consistent_set(sources, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    assert main(_prepare_args(sources, out_dir)) == 0
+    (out_dir / "notes.txt").write_text("mine")  # not ours: never touched
+    rerun = ["prepare", "--out-dir", str(out_dir), "--eval", f"math500={sources / 'math500.jsonl'}"]
+    assert main(rerun) == 0
+    assert sorted(_listing(out_dir)) == ["math500.parquet", "notes.txt", REPORT_NAME, "val.parquet"]
+    printed = capsys.readouterr().out
+    removed = "aime24.parquet, gsm8k_train.parquet, math_train.parquet, train.parquet"
+    assert f"removed, as this run does not write them: {removed}" in printed
+    report = json.loads((out_dir / REPORT_NAME).read_text())
+    assert report["removed_from_previous_run"] == [
+        "aime24.parquet", "gsm8k_train.parquet", "math_train.parquet", "train.parquet"
+    ]  # fmt: skip
+    assert [dataset["name"] for dataset in report["datasets"]] == ["math500"]
+    assert report["combined"] == {"val.parquet": 2} and pq.read_table(out_dir / "val.parquet").num_rows == 2
+
+
+def test_a_failure_mid_write_leaves_the_previous_set_intact(sources, tmp_path, monkeypatch, capsys):
+    from lambda_grpo.data import prepare as prepare_module
+
+    out_dir = tmp_path / "out"
+    assert main(_prepare_args(sources, out_dir)) == 0
+    before = _listing(out_dir)
+    written = []
+
+    def disk_full_after_two_files(rows, path):
+        if len(written) == 2:
+            raise OSError(28, "No space left on device")
+        written.append(path)
+        real_write_parquet(rows, path)
+
+    real_write_parquet = prepare_module.write_parquet
+    monkeypatch.setattr(prepare_module, "write_parquet", disk_full_after_two_files)
+    assert main(_prepare_args(sources, out_dir, "--decontaminate")) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert _listing(out_dir) == before  # same files, same bytes, no staging folder left
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_output_modes_follow_the_umask(sources, tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        assert main(_prepare_args(sources, tmp_path / "out")) == 0
+    finally:
+        os.umask(previous)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "out").iterdir()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_a_dataset_without_rows_is_an_error_and_nothing_is_written(sources, tmp_path, capsys):
+    (sources / "broken.jsonl").write_text(json.dumps({"problem": "p", "solution": "no box"}) + "\n")
+    (sources / "empty.jsonl").write_text("\n")
+    out_dir = tmp_path / "out"
+    args = ["prepare", "--out-dir", str(out_dir), "--train", f"math_train={sources / 'broken.jsonl'}",
+            "--eval", f"math500={sources / 'empty.jsonl'}", "--eval", f"aime24={sources / 'aime24.json'}"]  # fmt: skip
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "empty output, nothing written" in error
+    assert "math_train: none of its 1 rows could be mapped (row 0: field 'solution' has no complete" in error
+    assert "math500: the source has no rows" in error
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+    overlapping = ["prepare", "--out-dir", str(out_dir), "--decontaminate",
+                   "--train", f"math_train={sources / 'math500.jsonl'}".replace("math500.jsonl", "same.jsonl"),
+                   "--eval", f"math500={sources / 'math500.jsonl'}"]  # fmt: skip
+    same = [{"problem": row["problem"], "solution": f"\\boxed{{{row['answer']}}}"} for row in MATH500]
+    (sources / "same.jsonl").write_text("".join(json.dumps(row) + "\n" for row in same))
+    assert main(overlapping) == 2
+    assert "math_train: all 2 mapped rows overlap an evaluation set (--decontaminate)" in capsys.readouterr().err
+
+
+@pytest.fixture()
+def silent_server():
+    """A TCP port that accepts connections and never answers (a black-holed proxy or firewall)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+@pytest.fixture()
+def closed_port():
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("endpoint", ["silent_server", "closed_port"])
+def test_an_unreachable_hub_is_one_line_within_seconds(endpoint, request, tmp_path, monkeypatch, capsys):
+    import datasets
+
+    from lambda_grpo.data import sources as sources_module
+
+    url = request.getfixturevalue(endpoint)
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", url)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(sources_module, "HUB_PROBE_TIMEOUT_S", 1.0, raising=False)
+    start = time.perf_counter()
+    args = ["prepare", "--out-dir", str(tmp_path / "out"), "--eval", "math500=hf:HuggingFaceH4/MATH-500@test"]
+    assert main(args) == 2
+    assert time.perf_counter() - start < 5.0
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert error.startswith(f"error: hub source 'hf:HuggingFaceH4/MATH-500@test': the hub {url} is unreachable (")
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("math500.parquet", b"PAR1 not really", "not a readable parquet file"),
+        ("math500.jsonl", b'{"problem": "caf\xe9"}\n', "not UTF-8 text"),
+        ("math500.json", b"[{oops", "not valid JSON"),
+    ],
+)
+def test_unreadable_sources_are_one_line(tmp_path, capsys, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    assert main(["prepare", "--out-dir", str(tmp_path / "out"), "--eval", f"math500={tmp_path / name}"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"error: {tmp_path / name}: {message}")
+
+
+def test_an_out_dir_that_is_a_file_is_one_line(sources, tmp_path, capsys):
+    (tmp_path / "out").write_text("a file")
+    assert main(["prepare", "--out-dir", str(tmp_path / "out"), "--eval", f"math500={sources / 'math500.jsonl'}"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "File exists" in error

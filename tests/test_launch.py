@@ -7,6 +7,8 @@ loopback with its own ports, temp dir and auth token, and stopped (its process g
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import ipaddress
 import json
 import os
 import random
@@ -126,37 +128,318 @@ def test_runtime_env_sets_the_plugin_and_nccl_variables():
     assert all(isinstance(v, str) for v in env_vars.values())
 
 
-def package_names(root: Path, tmp_path: Path) -> set[str]:
-    """File names in the zip Ray builds for `root` as a working dir with our excludes."""
+# ----------------------------------------------------------------------------------------------
+# What a submission uploads: an allow-list (launch/upload.py).
+
+
+def load_launch_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"launch_{name}", LAUNCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+upload = load_launch_module("upload")
+checks = load_launch_module("checks")
+
+UPLOADED = ["lambda_grpo/loss.py", "lambda_grpo/reward/fast_path.py", "configs/__init__.py", "configs/lambda_grpo.yaml",
+            "configs/algo/grpo.yaml"]
+# Project files a job does not need, and what `launch/submit` uploaded on a real head before (issue 14).
+NOT_UPLOADED = ["README.md", "pyproject.toml", "launch/submit", "tests/test_loss.py", "recipes/lib.sh",
+                ".envrc", ".env", ".ssh/id_ed25519", "id_rsa", ".git/config", ".venv/bin/python", ".pypirc", ".npmrc",
+                "gcp-service-account.json", ".kaggle/kaggle.json", ".docker/config.json", ".config/gh/hosts.yml",
+                "keystore.p12", "cert.pfx", "infra/terraform.tfstate", "model.pth", "last.ckpt", "weights/model.bin",
+                "checkpoints/run/global_step_1/model.pt", "data/gsm8k/train.parquet", "outputs/2026-01-01/main.log",
+                "lambda_grpo/.env", "lambda_grpo/.hidden/x.py", "lambda_grpo/__pycache__/loss.cpython-311.pyc",
+                "lambda_grpo/notes.txt", "lambda_grpo/weights.pt", "configs/secrets.json", "configs/.netrc",
+                "configs/key.pem", "configs/algo/.env.yaml"]
+
+
+def make_tree(root: Path, names: list[str]) -> None:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("x")
+
+
+def test_upload_is_the_allow_list_whatever_else_lies_in_the_tree(tmp_path):
+    make_tree(tmp_path, UPLOADED + NOT_UPLOADED)
+    secret = tmp_path / "outside" / "id_rsa"
+    make_tree(tmp_path, ["outside/id_rsa"])
+    (tmp_path / "lambda_grpo" / "linked.py").symlink_to(secret)
+    (tmp_path / "configs" / "linked").symlink_to(secret.parent, target_is_directory=True)
+    assert upload.upload_files(str(tmp_path)) == sorted(UPLOADED)
+
+
+def ray_package_names(folder: Path, tmp_path: Path) -> set[str]:
+    """File names in the zip Ray builds for `folder` as a job's working dir (Ray's own packaging code)."""
     from ray._private.runtime_env.packaging import create_package
 
-    target = tmp_path / f"{root.name}.zip"
-    create_package(str(root), target, include_gitignore=True, excludes=RUNTIME_ENV["excludes"])
+    target = tmp_path / "package.zip"
+    create_package(str(folder), target, include_gitignore=True)
     with zipfile.ZipFile(target) as archive:
         return {name for name in archive.namelist() if not name.endswith("/")}
 
 
-def test_upload_excludes_git_checkpoints_data_and_secrets(tmp_path):
-    tree = tmp_path / "repo"
-    kept = ["lambda_grpo/loss.py", "configs/algo/grpo.yaml", "launch/submit", "README.md"]
-    dropped = [".git/config", ".git/objects/ab/cd", "checkpoints/run/global_step_1/model.pt",
-               "data/gsm8k/train.parquet", "outputs/2026-01-01/main.log", ".venv/bin/python",
-               ".env", "configs/.env.local", "deploy/prod.env", "hf_token", "launch/.wandb_token.txt",
-               "secrets/aws_secret.json", "lambda_grpo/__pycache__/loss.cpython-311.pyc",
-               "weights/model.safetensors"]
-    for name in kept + dropped:
-        (tree / name).parent.mkdir(parents=True, exist_ok=True)
-        (tree / name).write_text("x")
-    names = package_names(tree, tmp_path)
-    assert names == set(kept)
+def test_ray_packs_exactly_the_staged_files(tmp_path):
+    make_tree(tmp_path / "repo", UPLOADED + NOT_UPLOADED)
+    (tmp_path / "stage").mkdir()
+    assert upload.main(["stage", str(tmp_path / "repo"), str(tmp_path / "stage")]) == 0
+    assert ray_package_names(tmp_path / "stage", tmp_path) == set(UPLOADED)
 
 
-def test_upload_of_this_repository_holds_all_tracked_code(tmp_path):
-    tracked = subprocess.run(["git", "ls-files", "lambda_grpo", "configs", "launch", "pyproject.toml"],
-                             cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    names = package_names(REPO, tmp_path)
-    assert tracked and set(tracked) <= names, sorted(set(tracked) - names)
-    assert not [n for n in names if n.startswith((".git/", ".venv/", "checkpoints/", "data/", "outputs/"))]
+def test_upload_of_this_repository_is_its_code_and_configs():
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout (inside the image): no list of tracked files to compare with")
+    uploaded = upload.upload_files(str(REPO))
+    tracked = subprocess.run(["git", "ls-files", "lambda_grpo", "configs"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert tracked and set(tracked) <= set(uploaded), sorted(set(tracked) - set(uploaded))
+    assert all(name.startswith(("lambda_grpo/", "configs/")) and name.endswith((".py", ".yaml")) for name in uploaded)
+
+
+def test_list_upload_prints_exactly_the_list_without_ray(tmp_path):
+    (tmp_path / "ray").write_text("#!/bin/sh\necho 'ray must not run' >&2\nexit 99\n")
+    (tmp_path / "ray").chmod(0o755)
+    result = run([SUBMIT, "--list-upload"], base_env(PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}"), timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == upload.upload_files(str(REPO))
+
+
+# ----------------------------------------------------------------------------------------------
+# Token and listener checks (launch/checks.py).
+
+
+@pytest.mark.parametrize(("token", "weak"), [("a1b2c3d4", "8 characters"), ("ab" * 32, "2 distinct characters"),
+                                              (secrets.token_hex(32), None), (secrets.token_hex(16) + "\n", None)])
+def test_token_strength(token, weak):
+    weakness = checks.token_weakness(token)
+    assert (weakness is None) if weak is None else (weak in weakness)
+
+
+def write_token(path: Path, token: str, mode: int) -> Path:
+    path.write_text(token)
+    path.chmod(mode)
+    return path
+
+
+def test_token_file_must_be_private(tmp_path, capsys):
+    loose = write_token(tmp_path / "loose", secrets.token_hex(32), 0o644)
+    assert checks.check_token_file(str(loose), strength=False) == 1
+    assert f"mode 644" in capsys.readouterr().err
+    private = write_token(tmp_path / "private", secrets.token_hex(32), 0o600)
+    assert checks.check_token_file(str(private), strength=True) == 0
+
+
+def test_weak_token_file_fails_only_the_strength_check(tmp_path, capsys):
+    weak = write_token(tmp_path / "weak", "12345678", 0o600)
+    assert checks.check_token_file(str(weak), strength=False) == 0
+    assert checks.check_token_file(str(weak), strength=True) == 1
+    assert "too weak: it has 8 characters" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a file to another user needs root")
+def test_token_file_of_another_user_is_refused(tmp_path, capsys):
+    foreign = write_token(tmp_path / "foreign", secrets.token_hex(32), 0o600)
+    os.chown(foreign, 65534, 65534)
+    assert checks.check_token_file(str(foreign), strength=False) == 1
+    assert "belongs to uid 65534" in capsys.readouterr().err
+
+
+# Lines of /proc/net/tcp and /proc/net/tcp6 captured on the CI machine (Linux 6.x, x86_64), with
+# listeners on 127.0.0.1:18265 (root), [::1]:18266 (root), 0.0.0.0:18267 (root), 127.0.0.1:18268 (uid 65534).
+PROC_NET_TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   5: 00000000:475B 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 41041 1 00000000e568b910 100 0 0 10 0
+   9: 0100007F:4759 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 41039 1 00000000baa62411 100 0 0 10 0
+   9: 0100007F:475C 00000000:0000 0A 00000000:00000000 00:00000000 00000000 65534        0 42204 1 000000008d692f57 100 0 0 10 0
+  12: 0100007F:475C 0100007F:9C4E 01 00000000:00000000 00:00000000 00000000  1000        0 42299 1 0000000000000000 20 4 30 10 -1
+"""
+PROC_NET_TCP6 = """\
+  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:475A 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 41040 1 00000000905a18bd 100 0 0 10 0
+"""
+
+
+def test_proc_net_addresses_decode():
+    assert checks.parse_proc_address("0100007F:4759") == (ipaddress.ip_address("127.0.0.1"), 18265)
+    assert checks.parse_proc_address("00000000000000000000000001000000:475A") == (ipaddress.ip_address("::1"), 18266)
+
+
+@pytest.mark.parametrize(("port", "uids"), [(18265, {0}), (18266, {0}), (18267, {0}), (18268, {65534}), (18269, set())])
+def test_loopback_listeners_from_captured_proc_net(port, uids):
+    """Only listening sockets count (the established connection of uid 1000 on 18268 does not)."""
+    assert checks.loopback_listeners(PROC_NET_TCP, port) | checks.loopback_listeners(PROC_NET_TCP6, port) == uids
+
+
+def test_loopback_listener_of_this_process_is_found_live():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert checks.loopback_listeners(Path("/proc/net/tcp").read_text(), port) == {os.getuid()}
+
+
+def captured_proc_net(tmp_path: Path) -> tuple[str, str]:
+    (tmp_path / "tcp").write_text(PROC_NET_TCP)
+    (tmp_path / "tcp6").write_text(PROC_NET_TCP6)
+    return str(tmp_path / "tcp"), str(tmp_path / "tcp6")
+
+
+def test_listener_of_another_user_gets_no_token(tmp_path, capsys):
+    assert checks.check_listener("http://127.0.0.1:18268", captured_proc_net(tmp_path)) == 1
+    assert "served by a process of another user" in capsys.readouterr().err
+    assert checks.check_listener("http://localhost:18267", captured_proc_net(tmp_path)) == 0
+
+
+def test_plain_http_to_another_machine_warns(tmp_path, capsys):
+    assert checks.check_listener("http://10.0.0.1:8265", captured_proc_net(tmp_path)) == 0
+    assert "token crosses the network in clear" in capsys.readouterr().err
+    assert checks.check_listener("https://ray.example.org", captured_proc_net(tmp_path)) == 0
+    assert capsys.readouterr().err == ""
+
+
+# ----------------------------------------------------------------------------------------------
+# The scripts' checks, with a stand-in `ray` command and a stand-in job API (no cluster).
+
+FAKE_RAY = """#!/bin/sh
+if [ "$1" = "--version" ]; then echo "ray, version ${FAKE_RAY_VERSION:-2.60.0}"; exit 0; fi
+echo "$@" >> "$FAKE_RAY_LOG"
+"""
+
+
+@pytest.fixture
+def fake_ray(tmp_path):
+    """PATH with a `ray` that answers --version and records every other call in $FAKE_RAY_LOG."""
+    folder = tmp_path / "fake-bin"
+    folder.mkdir()
+    (folder / "ray").write_text(FAKE_RAY)
+    (folder / "ray").chmod(0o755)
+    log = tmp_path / "ray-calls.log"
+    return base_env(PATH=f"{folder}{os.pathsep}{os.environ['PATH']}", FAKE_RAY_LOG=str(log)), log
+
+
+@pytest.mark.parametrize(("token", "mode", "refusal"), [(secrets.token_hex(32), 0o644, "has mode 644"),
+                                                        ("hunter22", 0o600, "too weak: it has 8 characters")])
+def test_head_refuses_a_readable_or_weak_token(fake_ray, tmp_path, token, mode, refusal):
+    env, log = fake_ray
+    token_path = write_token(tmp_path / "auth_token", token, mode)
+    result = run([LAUNCH / "start_head"], dict(env, RAY_AUTH_TOKEN_PATH=str(token_path)), timeout=60)
+    assert result.returncode == 1 and refusal in result.stderr
+    assert not log.exists()  # `ray start` never ran
+
+
+def test_head_starts_with_a_strong_private_token(fake_ray, tmp_path):
+    env, log = fake_ray
+    token_path = write_token(tmp_path / "auth_token", secrets.token_hex(32), 0o600)
+    result = run([LAUNCH / "start_head"], dict(env, RAY_AUTH_TOKEN_PATH=str(token_path)), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert log.read_text().startswith("start --head ")
+
+
+def test_head_refuses_a_weak_token_in_the_environment(fake_ray):
+    env, log = fake_ray
+    result = run([LAUNCH / "start_head"], dict(env, RAY_AUTH_TOKEN="changeme"), timeout=60)
+    assert result.returncode == 1 and "RAY_AUTH_TOKEN is too weak" in result.stderr
+    assert "changeme" not in result.stdout + result.stderr
+
+
+def test_worker_refuses_a_readable_token(fake_ray, tmp_path):
+    env, log = fake_ray
+    token_path = write_token(tmp_path / "auth_token", secrets.token_hex(32), 0o640)
+    result = run([LAUNCH / "start_worker", "--head", "127.0.0.1:6379"], dict(env, RAY_AUTH_TOKEN_PATH=str(token_path)),
+                 timeout=60)
+    assert result.returncode == 1 and "has mode 640" in result.stderr
+    assert not log.exists()
+
+
+@pytest.mark.parametrize("script", [[LAUNCH / "start_head"], [LAUNCH / "start_worker", "--head", "127.0.0.1:6379"],
+                                    [SUBMIT, "model_size=tiny_cpu"]], ids=["start_head", "start_worker", "submit"])
+def test_scripts_refuse_ray_older_than_the_floor(fake_ray, tmp_path, script):
+    env, log = fake_ray
+    token_path = write_token(tmp_path / "auth_token", secrets.token_hex(32), 0o600)
+    result = run(script, dict(env, FAKE_RAY_VERSION="2.51.0", RAY_AUTH_TOKEN_PATH=str(token_path)), timeout=60)
+    assert result.returncode == 1
+    assert "Ray 2.51.0 is installed; these scripts need Ray >= 2.52.0" in result.stderr
+    assert not log.exists()
+
+
+FAKE_JOB_API = """
+import http.server, json, sys
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.record()
+        if self.path == "/api/authentication_mode":
+            body = json.dumps({"authentication_mode": "token"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            self.send_error(404)
+
+    do_POST = do_GET
+
+    def record(self):
+        print(self.command, self.path, "Authorization" in self.headers, flush=True)
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+print("PORT", server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+@contextlib.contextmanager
+def fake_job_api(as_uid: int | None = None):
+    """A stand-in Ray job API on loopback that says it wants a token and prints every request it gets
+    (method, path, whether an Authorization header came); optionally run as another user."""
+    def drop_privileges():
+        os.setgid(as_uid)
+        os.setuid(as_uid)
+
+    # Another user may not be able to run this venv's interpreter (it can live under /root): any
+    # python3 does, the server needs the standard library only.
+    python = sys.executable if as_uid is None else shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+    proc = subprocess.Popen([python, "-c", FAKE_JOB_API], stdout=subprocess.PIPE, text=True, cwd="/",
+                            preexec_fn=drop_privileges if as_uid is not None else None)
+    try:
+        port = int(proc.stdout.readline().split()[1])
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def requests_seen(proc: subprocess.Popen) -> list[str]:
+    proc.kill()
+    return proc.stdout.read().splitlines()
+
+
+def test_submit_refuses_a_readable_token(tmp_path):
+    token_path = write_token(tmp_path / "auth_token", secrets.token_hex(32), 0o644)
+    with fake_job_api() as (address, proc):
+        result = run([SUBMIT, "--address", address, "model_size=tiny_cpu"],
+                     base_env(RAY_AUTH_TOKEN_PATH=str(token_path)), timeout=120)
+        seen = requests_seen(proc)
+    assert result.returncode == 1 and "has mode 644" in result.stderr
+    assert seen == ["GET /api/authentication_mode False"]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="starting a listener as another user needs root "
+                                             "(the decision itself is tested on captured /proc/net/tcp above)")
+def test_submit_sends_nothing_to_a_loopback_listener_of_another_user(tmp_path):
+    token_path = write_token(tmp_path / "auth_token", secrets.token_hex(32), 0o600)
+    with fake_job_api(as_uid=65534) as (address, proc):
+        result = run([SUBMIT, "--address", address, "--no-wait", "model_size=tiny_cpu"],
+                     base_env(RAY_AUTH_TOKEN_PATH=str(token_path)), timeout=120)
+        seen = requests_seen(proc)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "served by a process of another user: nobody (uid 65534)" in result.stderr
+    assert seen == ["GET /api/authentication_mode False"]  # no token, no job
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,8 +582,14 @@ def test_preflight_job_passes_with_runtime_env_and_overrides_intact(head, tmp_pa
     for name, value in RUNTIME_ENV["env_vars"].items():
         assert f"{name}={value}" in logs.stdout
     # Registered in the worker from the uploaded copy of the repository.
-    assert re.search(r"\[OK  \] node 127\.0\.0\.1 .*loss 'lambda_grpo' registered: lambda_grpo\..*"
-                     r"working_dir_files/.*/lambda_grpo/loss\.py", logs.stdout)
+    registered = re.search(r"\[OK  \] node 127\.0\.0\.1 .*loss 'lambda_grpo' registered: lambda_grpo\..*"
+                           r" \((/\S*working_dir_files/[^/]+)/lambda_grpo/loss\.py\)", logs.stdout)
+    assert registered, logs.stdout
+    # What reached the cluster is the allow-list, nothing else: the folder Ray unpacked it into.
+    unpacked = Path(registered.group(1))
+    received = sorted(str(path.relative_to(unpacked)) for path in unpacked.rglob("*") if path.is_file()
+                      and "__pycache__" not in path.parts)
+    assert received == upload.upload_files(str(REPO))
 
 
 @pytest.mark.ray

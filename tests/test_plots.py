@@ -114,5 +114,72 @@ def test_bad_inputs_are_named(tmp_path):
         read_run([tmp_path / "missing.jsonl"])
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match="no events.out.tfevents"):
+    with pytest.raises(ValueError, match="no verl metrics"):
         read_run([empty])
+
+
+def _bad_inputs(tmp_path, logs):
+    """(run path, expected start of the error) for each kind of bad input."""
+    jsonl, tensorboard_dir = logs
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "mid.jsonl").write_text('{"step": 1, "data": {"actor/lambda": 1}}\n{"oops": 1}\n{"step": 3}\n')
+    (tmp_path / "list.jsonl").write_text('{"step": 1, "data": [1, 2]}\n')
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "other.jsonl").write_text('{"step": 1, "data": {"loss": 1.0, "actor/lamda": 0.1}}\n')
+    corrupt = tmp_path / "corrupt_tb"
+    corrupt.mkdir()
+    event_file = next(tensorboard_dir.glob("events.out.tfevents.*"))
+    data = bytearray(event_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle
+    (corrupt / event_file.name).write_bytes(bytes(data))
+    (tmp_path / "garbage_tb").mkdir()
+    (tmp_path / "garbage_tb" / "events.out.tfevents.1.host").write_bytes(b"not an event file at all")
+    return {
+        "missing": (tmp_path / "missing", "training log not found"),
+        "folder without logs": (tmp_path / "empty", "no verl metrics (*.jsonl) or tensorboard"),
+        "corrupt jsonl line": (tmp_path / "mid.jsonl", "mid.jsonl:2: not a verl file-logger line"),
+        "data not an object": (tmp_path / "list.jsonl", "list.jsonl:1: not a verl file-logger line"),
+        "empty jsonl": (tmp_path / "empty.jsonl", "run 'r' ("),
+        "unknown metrics": (tmp_path / "other.jsonl", "run 'r' ("),
+        "corrupt tensorboard": (corrupt, "not a readable tensorboard event file"),
+        "garbage tensorboard": (tmp_path / "garbage_tb", "not a readable tensorboard event file"),
+    }
+
+
+BAD_INPUTS = [
+    "missing", "folder without logs", "corrupt jsonl line", "data not an object", "empty jsonl", "unknown metrics",
+    "corrupt tensorboard", "garbage tensorboard",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", BAD_INPUTS)
+def test_every_bad_input_is_one_line_and_a_non_zero_exit(kind, logs, tmp_path, capsys):
+    path, expected = _bad_inputs(tmp_path, logs)[kind]
+    assert main(["--out-dir", str(tmp_path / "plots"), "--run", f"r={path}"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith("error: ")
+    assert expected in captured.err
+    assert not any((tmp_path / "plots").glob("*.png"))
+
+
+def test_a_run_with_unknown_metrics_lists_what_it_has(logs, tmp_path, capsys):
+    jsonl, _ = logs
+    path, _ = _bad_inputs(tmp_path, logs)["unknown metrics"]
+    assert main(["--out-dir", str(tmp_path / "plots"), "--run", f"good={jsonl}", "--run", f"r={path}"]) == 2
+    error = capsys.readouterr().err
+    assert "run 'r' (" in error and "it has 2: actor/lamda, loss" in error and "good" not in error
+
+
+def test_truncated_last_records_are_read_up_to_there(logs, tmp_path, capsys):
+    """A run stopped while writing leaves a partial last JSONL line or tensorboard record: the rest is drawn."""
+    jsonl, tensorboard_dir = logs
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text(jsonl.read_text() + '{"step": 6, "data": {"actor/lam')
+    assert read_run([partial])["actor/lambda"] == _expected(LAMBDA_RUN, "actor/lambda")
+    assert "partial.jsonl:6: incomplete last line" in capsys.readouterr().out
+    truncated = tmp_path / "truncated_tb"
+    truncated.mkdir()
+    event_file = next(tensorboard_dir.glob("events.out.tfevents.*"))
+    (truncated / event_file.name).write_bytes(event_file.read_bytes()[:-7])
+    steps = [step for step, _ in read_run([truncated])["critic/score/mean"]]
+    assert steps == [step for step, _ in _expected(GRPO_RUN, "critic/score/mean")][: len(steps)] and len(steps) >= 4

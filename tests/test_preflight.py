@@ -43,8 +43,12 @@ def facts(**changes) -> dict:
         "data_files": {"data.train_files": [local("/d/train.parquet")]},
         "model": local("/m/qwen", is_dir=True, config_json=True),
         "extra_paths": {},
-        "checkpoint_dir": {"path": "/ckpt", "resolved": "/ckpt", "ancestor": "/", "writable": True},
-        "gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_bytes": 85_520_809_984}] * 8,
+        "checkpoint_dir": {"path": "/ckpt", "resolved": "/ckpt", "ancestor": "/", "writable": True,
+                           "free_bytes": 2 * 10**12},
+        "model_size": {"parameters": 7_615_616_512, "extra_bytes": 11_000_000},
+        "train_rows": 7500,
+        "gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_bytes": 85_520_809_984, "driver_version": "580.105.06"}] * 8,
+        "torch": {"version": "2.11.0+cu130", "cuda": "13.0"},
         "shm_bytes": 64 * 10**9,
         "losses": [{"name": "lambda_grpo", "ok": True, "function": "lambda_grpo.loss.f", "file": "/x/loss.py"}],
         "env": {"VERL_USE_EXTERNAL_MODULES": "lambda_grpo.plugin"},
@@ -150,7 +154,8 @@ def test_hub_model_id_depends_on_cache_and_offline_mode(hub, level):
                                                              ("NVIDIA A100-SXM4-40GB", 42_505_273_344, "WARN"),
                                                              ("NVIDIA GeForce RTX 4090", 25_757_220_864, "FAIL")])
 def test_gpu_memory_against_the_size_requirement(name, memory_bytes, level):
-    (finding,) = [f for f in judge(facts(gpus=[{"name": name, "memory_bytes": memory_bytes}])) if f.message.startswith("GPU")]
+    gpus = [{"name": name, "memory_bytes": memory_bytes, "driver_version": "580.105.06"}]
+    (finding,) = [f for f in judge(facts(gpus=gpus)) if f.message.startswith("GPU")]
     assert finding.level == level and name in finding.message
 
 
@@ -166,14 +171,15 @@ def test_gpu_run_without_nvidia_smi_fails_and_small_shm_warns():
 
 def test_relative_checkpoint_dir_fails_only_in_an_uploaded_working_dir():
     node = facts(checkpoint_dir={"path": "checkpoints/p/e", "resolved": "/tmp/ray/wd/checkpoints/p/e",
-                                 "ancestor": "/tmp/ray/wd", "writable": True})
+                                 "ancestor": "/tmp/ray/wd", "writable": True, "free_bytes": 10**12})
     (message,) = fails(judge(node, uploaded=True))
     assert "trainer.default_local_dir=checkpoints/p/e is relative" in message
     assert fails(judge(node, uploaded=False)) == []
 
 
 def test_unwritable_checkpoint_dir_fails():
-    node = facts(checkpoint_dir={"path": "/ckpt/run", "resolved": "/ckpt/run", "ancestor": "/", "writable": False})
+    node = facts(checkpoint_dir={"path": "/ckpt/run", "resolved": "/ckpt/run", "ancestor": "/", "writable": False,
+                                 "free_bytes": 10**12})
     assert fails(judge(node)) == ["trainer.default_local_dir: cannot create /ckpt/run (/ is not writable)"]
 
 
@@ -205,6 +211,25 @@ def test_node_facts_in_this_process(tmp_path):
     assert gathered["env"] == {"LAMBDA_GRPO_SURELY_UNSET": None}
     assert fails(preflight.check_node("here", gathered, req, {}, uploaded_working_dir=False)) == [
         f"data.train_files: {tmp_path / 'no.parquet'} not found"]
+
+
+def test_node_facts_read_model_size_rows_free_space_and_torch(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    from safetensors.torch import save_file
+
+    pq.write_table(pa.table({"prompt": ["a", "b", "c"]}), tmp_path / "train.parquet")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    save_file({"w": torch.zeros(4, 8)}, str(tmp_path / "model" / "model.safetensors"))
+    req = requirements(data_files={"data.train_files": [str(tmp_path / "train.parquet")]},
+                       model_path=str(tmp_path / "model"), checkpoint_dir=str(tmp_path / "ckpt"))
+    gathered = preflight.node_facts(req, [])
+    assert gathered["model_size"] == {"parameters": 32, "extra_bytes": 2}
+    assert gathered["train_rows"] == 3
+    assert gathered["checkpoint_dir"]["free_bytes"] > 0
+    assert gathered["torch"] == {"version": torch.__version__, "cuda": torch.version.cuda}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,13 +289,134 @@ def test_bad_config_fails_before_touching_ray(capsys, monkeypatch):
     assert report.rstrip().endswith("PREFLIGHT FAILED: 1 problem(s)")
 
 
-def test_gpu_facts_parse_real_nvidia_smi_output(tmp_path, monkeypatch):
-    """The line below is what `nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits`
-    printed on an H200 node (also with CUDA_VISIBLE_DEVICES="", which Ray sets for GPU-less tasks)."""
+def test_gpu_facts_come_from_nvidia_smi(tmp_path, monkeypatch):
+    """`_gpu_facts` runs nvidia-smi with the query parse_nvidia_smi reads (a stand-in prints the H200 line)."""
     fake = tmp_path / "nvidia-smi"
-    fake.write_text("#!/bin/sh\nprintf 'NVIDIA H200, 143771\\nNVIDIA H200, 143771\\n'\n")
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --query-gpu=name,memory.total,driver_version ] || exit 3\n"
+                    "printf 'NVIDIA H200, 143771, 580.105.06\\nNVIDIA H200, 143771, 580.105.06\\n'\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     gpus = preflight._gpu_facts()
-    assert gpus == [{"name": "NVIDIA H200", "memory_bytes": 143771 * 2**20}] * 2
+    assert gpus == [{"name": "NVIDIA H200", "memory_bytes": 143771 * 2**20, "driver_version": "580.105.06"}] * 2
     assert fails(judge(facts(gpus=gpus))) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# The NVIDIA driver against the CUDA of the node's torch.
+
+# Lines in the format `nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader,nounits`
+# prints. Name and memory of the H200 were captured on an H200 node; the H100's memory is the 81559 MiB
+# nvidia-smi reports (modal-labs/modal-client#2797); the driver versions are ones nvidia-smi printed in
+# public logs: 580.105.06 (bigstack-oss/cubecos#312), 570.86.15 (fastfetch-cli/fastfetch#1658). No GPU
+# was available to capture all three fields at once on the same machine.
+NVIDIA_SMI_R580 = "NVIDIA H200, 143771, 580.105.06\nNVIDIA H200, 143771, 580.105.06\n"
+NVIDIA_SMI_R570 = "NVIDIA H100 80GB HBM3, 81559, 570.86.15\n"
+
+
+def driver_findings(smi_output: str, torch_fact: dict) -> list[Finding]:
+    gpus = preflight.parse_nvidia_smi(smi_output)
+    return [f for f in judge(facts(gpus=gpus, torch=torch_fact)) if "driver" in f.message or "CPU build" in f.message]
+
+
+def test_nvidia_smi_lines_parse():
+    assert preflight.parse_nvidia_smi(NVIDIA_SMI_R570) == [
+        {"name": "NVIDIA H100 80GB HBM3", "memory_bytes": 81559 * 2**20, "driver_version": "570.86.15"}]
+
+
+def test_driver_580_runs_torch_built_for_cuda_13():
+    (finding,) = driver_findings(NVIDIA_SMI_R580, {"version": "2.11.0+cu130", "cuda": "13.0"})
+    assert finding.level == "OK" and "NVIDIA driver 580.105.06" in finding.message
+
+
+def test_driver_570_cannot_run_torch_built_for_cuda_13():
+    (finding,) = driver_findings(NVIDIA_SMI_R570, {"version": "2.11.0+cu130", "cuda": "13.0"})
+    assert finding.level == "FAIL"
+    assert finding.message == ("NVIDIA driver 570.86.15, torch 2.11.0+cu130 (CUDA 13.0): CUDA 13.x needs driver >= 580; "
+                               "upgrade this node's NVIDIA driver to 580 or newer")
+    # The same driver runs a CUDA 12 build.
+    assert [f.level for f in driver_findings(NVIDIA_SMI_R570, {"version": "2.9.1+cu128", "cuda": "12.8"})] == ["OK"]
+
+
+def test_cpu_torch_on_a_gpu_node_fails():
+    (finding,) = driver_findings(NVIDIA_SMI_R580, {"version": "2.13.0+cpu", "cuda": None})
+    assert finding.level == "FAIL" and "torch 2.13.0+cpu is a CPU build" in finding.message
+
+
+def test_cpu_run_has_no_driver_check():
+    node = facts(gpus=None, torch={"version": "2.13.0+cpu", "cuda": None})
+    assert fails(judge(node, requirements(gpus_per_node=0, gpu_memory=None))) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Free space at the checkpoint directory.
+
+# `df -P -k` at /work and /dev/shm, captured on the CI machine (Linux 6.18): on /dev/vda, Used + Available
+# is less than the size (blocks reserved for root), so Available is the number that counts.
+DF_ROOT = """\
+Filesystem     1024-blocks     Used Available Capacity Mounted on
+/dev/vda         264212084 49920612  56470300      47% /
+"""
+DF_SHM = """\
+Filesystem     1024-blocks     Used Available Capacity Mounted on
+tmpfs             24684084     1408  24682676       1% /dev/shm
+"""
+
+
+@pytest.mark.parametrize(("output", "available"), [(DF_ROOT, 56470300 * 1024), (DF_SHM, 24682676 * 1024),
+                                                   ("Filesystem 1024-blocks Used Available Capacity Mounted on\n"
+                                                    "map auto_home 0 0 0 100% /System/Volumes/Data/home\n", 0)])
+def test_df_available_is_read_from_captured_output(output, available):
+    assert preflight.parse_df_available(output) == available
+
+
+def test_free_bytes_runs_df_here(tmp_path):
+    import shutil
+
+    assert preflight._free_bytes(str(tmp_path)) == pytest.approx(shutil.disk_usage(tmp_path).free, rel=0.01)
+
+
+def space(free_bytes: int, **node) -> list[Finding]:
+    plan = preflight.CheckpointPlan(save_freq=20, total_training_steps=None, total_epochs=2, train_batch_size=128,
+                                    max_to_keep=node.pop("keep", None), model_dtype="fp32",
+                                    save_contents=("model", "optimizer", "extra"))
+    checkpoint_dir = {"path": "/ckpt", "resolved": "/ckpt", "ancestor": "/shared", "writable": True,
+                      "free_bytes": free_bytes}
+    found = judge(facts(checkpoint_dir=checkpoint_dir, **node), requirements(checkpoints=plan))
+    return [f for f in found if f.message.startswith("trainer.default_local_dir:") and "free" in f.message]
+
+
+def test_disk_for_every_checkpoint_of_a_7b_run_fails_on_a_small_volume():
+    """df's 56 GB at / against 6 checkpoints of 91 GB (116 steps, save_freq 20, every one kept)."""
+    (finding,) = space(preflight.parse_df_available(DF_ROOT))
+    assert finding.level == "FAIL"
+    assert "57.8 GB free at /shared; the run keeps up to 6 checkpoint(s) of 91.4 GB" in finding.message
+    assert "= 548 GB: free space there, lower trainer.max_actor_ckpt_to_keep" in finding.message
+
+
+def test_retention_makes_the_same_run_fit():
+    (finding,) = space(200 * 10**9, keep=2)
+    assert finding.level == "OK" and "keeps up to 2 checkpoint(s)" in finding.message and "= 183 GB" in finding.message
+
+
+@pytest.mark.parametrize(("node", "why"), [({"model_size": None}, "no *.safetensors files"),
+                                           ({"train_rows": None}, "set trainer.max_actor_ckpt_to_keep")])
+def test_unknown_size_or_length_warns(node, why):
+    (finding,) = space(10**12, **node)
+    assert finding.level == "WARN" and why in finding.message
+
+
+def test_unreadable_free_space_warns():
+    (finding,) = [f for f in judge(facts(checkpoint_dir={"path": "/ckpt", "resolved": "/ckpt", "ancestor": "/",
+                                                         "writable": True, "free_bytes": None}),
+                                   requirements(checkpoints=preflight.checkpoint_plan_from_config(
+                                       OmegaConf.load(VERL_CONFIG)))) if "df failed" in f.message]
+    assert finding.level == "WARN"
+
+
+def test_checkpoint_plan_reads_verls_keys(verl_cfg):
+    verl_cfg.trainer.max_actor_ckpt_to_keep = 3
+    verl_cfg.trainer.save_freq = 25
+    plan = preflight.checkpoint_plan_from_config(verl_cfg)
+    assert plan == preflight.CheckpointPlan(save_freq=25, total_training_steps=None, total_epochs=30,
+                                            train_batch_size=1024, max_to_keep=3, model_dtype="fp32",
+                                            save_contents=("model", "optimizer", "extra"))

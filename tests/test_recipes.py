@@ -61,3 +61,8 @@ def test_fixed_lambda_recipe_freezes_lambda(fake_bin):
 def test_unknown_launcher_is_refused(fake_bin):
     result = run_recipe(RECIPES[0], fake_bin, LAUNCHER="slurm")
     assert result.returncode == 2 and "LAUNCHER must be 'local' or 'cluster'" in result.stderr
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.name)
+def test_recipe_says_how_to_install_the_gpu_stack(recipe):
+    assert "make install-gpu" in recipe.read_text()

@@ -1,13 +1,18 @@
 """compute_score on the shared case table, its result contract, and its use through verl's reward plumbing."""
 
 import json
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from lambda_grpo.reward import REASONS, VERL_INFRASTRUCTURE_KWARGS, compute_score
+from lambda_grpo import reward
+from lambda_grpo.reward import MAX_INPUT_CHARS, REASONS, VERL_INFRASTRUCTURE_KWARGS, compute_score
+from lambda_grpo.reward.verdict import QUICK_MAX_RESPONSE_CHARS
+from lambda_grpo.reward.workers import MARGIN_S
 
 CASES_FILE = Path(__file__).with_name("reward_cases.jsonl")
 CASES = [json.loads(line) for line in CASES_FILE.read_text().splitlines()]
@@ -47,18 +52,97 @@ def test_fast_path_settles_the_common_cases():
         assert verifiers[case_id] == "math_verify"
 
 
-@pytest.mark.parametrize("case", PATHOLOGICAL_CASES, ids=[case["id"] for case in PATHOLOGICAL_CASES])
-def test_pathological_input_returns_within_the_timeout(case):
-    compute_score("x", r"\boxed{1} or \boxed{1}", "1")  # two boxes, not cacheable: this leaves a live worker
-    timeout_s = 1.0
+@pytest.fixture()
+def fresh_pool(monkeypatch):
+    """compute_score's pool as a fresh process would have it: no worker started yet (closed afterwards)."""
+    monkeypatch.setattr(reward, "_pool", None)
+    yield
+    reward.shared_pool().close()
+
+
+def _timed_score(solution, ground_truth, timeout_s):
     start = time.perf_counter()
-    result = compute_score("x", case["response"], case["ground_truth"], timeout_s=timeout_s)
-    elapsed = time.perf_counter() - start
-    assert elapsed < timeout_s + 0.5
+    result = compute_score("x", solution, ground_truth, timeout_s=timeout_s)
+    return result, time.perf_counter() - start
+
+
+# Responses that hold the verifier for seconds to minutes: math-verify's extraction patterns, which the fast path
+# runs too, are quadratic on them (the first took 27 s in the caller's process before the fast path moved into
+# the workers, whatever timeout_s was).
+SLOW_TO_EXTRACT = {"ones": "1 " * 40_000, "open_brackets": "\\[" * 20_000, "lines_of_digits": "1\n" * 40_000}
+
+
+@pytest.mark.parametrize("case", PATHOLOGICAL_CASES, ids=[case["id"] for case in PATHOLOGICAL_CASES])
+def test_pathological_input_returns_within_the_timeout_worker_start_included(case, fresh_pool):
+    timeout_s = 1.0
+    result, elapsed = _timed_score(case["response"], case["ground_truth"], timeout_s)
+    assert elapsed < timeout_s + MARGIN_S
     _assert_contract(result)
     assert (result["score"], result["reason"]) == (0.0, "timeout")
-    # The killed worker is replaced: the next call that needs a worker works.
+    # The killed worker is replaced: the next call gets a verdict.
     assert compute_score("x", r"\boxed{3} or \boxed{3}", "3")["score"] == 1.0
+
+
+@pytest.mark.parametrize("name", SLOW_TO_EXTRACT)
+def test_slow_to_extract_input_returns_within_the_timeout(name):
+    compute_score("x", r"\boxed{1}", "1")  # a warm worker
+    result, elapsed = _timed_score(SLOW_TO_EXTRACT[name], "1", timeout_s=1.0)
+    assert elapsed < 1.0 + MARGIN_S
+    _assert_contract(result)
+    assert result["score"] == 0.0
+
+
+# Responses at the limits of the caller's own fast path (verdict.quick_verdict), shaped to be slow for it.
+AT_QUICK_LIMITS = {
+    "digits": "1 " * 8000 + r"\boxed{" + "1 " * 120 + "}",
+    "thousands": "1," * 8100 + r"\boxed{1}",
+    "dollars": "$$" + "1 " * 8000 + r"\boxed{" + r"\dfrac{,\}\frac{\infty!\$ -!" * 8 + "}",
+    "brackets": "\\[" * 8100 + r"\boxed{\frac{1}{2}}",
+}
+
+
+@pytest.mark.parametrize("name", AT_QUICK_LIMITS)
+def test_input_at_the_callers_limits_returns_within_the_timeout(name):
+    assert len(AT_QUICK_LIMITS[name]) <= QUICK_MAX_RESPONSE_CHARS
+    compute_score("x", r"\boxed{1}", "1")  # warm: the margin is the whole budget here
+    result, elapsed = _timed_score(AT_QUICK_LIMITS[name], "2", timeout_s=0.05)
+    assert elapsed < 0.05 + MARGIN_S
+    _assert_contract(result)
+
+
+@pytest.mark.parametrize(
+    "solution",
+    [
+        "x " + "7" * 4301,  # more digits than Python's int-string limit: raised SympifyError in today's main
+        "7" * 50_000,
+        r"\boxed{" + "9" * 5000 + "}",
+        "#### -09",
+        "The answer is ٣",
+        "\\boxed{" * 3000,
+        "}" * 3000 + r"\boxed{1}",
+        "\x00\ud800 \\boxed{\x00}",
+        "",
+    ],
+)
+def test_odd_responses_never_raise(solution):
+    result = compute_score("x", solution, "2", timeout_s=2.0)
+    _assert_contract(result)
+    assert result["score"] == 0.0
+
+
+def test_overlong_inputs_are_not_verified():
+    long_response = "x" * MAX_INPUT_CHARS + r"\boxed{1}"
+    for solution, truth in ((long_response, "1"), (r"\boxed{1}", "1" * (MAX_INPUT_CHARS + 1))):
+        result = compute_score("x", solution, truth)
+        assert (result["score"], result["reason"], result["verifier"]) == (0.0, "invalid_input", "none")
+
+
+def test_shared_pool_is_per_process(monkeypatch):
+    first = reward.shared_pool()
+    assert reward.shared_pool() is first
+    monkeypatch.setattr(reward, "_pool", first)  # restored afterwards
+    monkeypatch.setattr(reward, "_pool_pid", -1)  # as seen from a forked child
+    assert reward.shared_pool() is not first
 
 
 def test_concurrent_calls_from_threads_with_one_hanging():
@@ -153,3 +237,16 @@ def test_naive_reward_manager_turns_extra_keys_into_reward_extra_info(tmp_path):
     assert [output["reward_score"] for output in outputs] == [1.0, 0.0]
     assert [output["reward_extra_info"]["pred"] for output in outputs] == ["x^2+2x+1", "7"]
     assert outputs[0]["reward_extra_info"].keys() == outputs[1]["reward_extra_info"].keys() == RESULT_TYPES.keys()
+
+
+def test_the_first_call_of_a_process_is_within_the_bound_too():
+    """Nothing is imported or started yet: the verifier's import (about 1 s) and the worker's start must not
+    hold the first call beyond its timeout."""
+    code = (
+        "import time; from lambda_grpo.reward import compute_score; start = time.perf_counter(); "
+        "result = compute_score('x', r'So \\boxed{1}.', '1', timeout_s=0.2); "
+        "print(time.perf_counter() - start, result['reason'])"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    elapsed, reason = output.stdout.split()
+    assert float(elapsed) < 0.2 + MARGIN_S and reason in ("timeout", "match")

@@ -7,6 +7,7 @@ from lambda_grpo.reward.extraction import (
     certainly_parses,
     last_boxed_content,
     normalized_answer,
+    parse_may_abort,
     single_box_content,
     unboxed_answer,
 )
@@ -125,3 +126,22 @@ def test_unboxed_answer_knows_when_math_verify_extracts_nothing(text):
 def test_certainly_parses():
     assert certainly_parses(r"\frac{1}{2}") and certainly_parses("3x + 7 = 89")
     assert not certainly_parses("a = b = 3") and not certainly_parses(r"\gcd(2, 3)")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [r"\boxed{４２}", "answer: १", "x = -09", "#### " + "7" * 4301, "1," + "000," * 1434 + "000", "-007.5 and -01"],
+)
+def test_parse_may_abort_where_math_verify_returns_nothing(text):
+    from math_verify import parse
+
+    assert parse_may_abort(text)
+    if not text.startswith("\\boxed"):  # a box that fails to parse makes math-verify read on and abort too
+        assert parse(text) == []
+
+
+@pytest.mark.parametrize(
+    "text", ["-0.5 and 0.09", "x - 09", "1 " * 5000, "12, " * 2000, "1,000,000 and 12,345", "x² = 4", "7" * 4300]
+)
+def test_parse_may_abort_is_false_on_ordinary_text(text):
+    assert not parse_may_abort(text)

@@ -32,6 +32,9 @@ from lambda_grpo.reward.numeric import (
         (r"\dfrac{1}{2}", None),  # normalised answers only: math-verify has already turned \dfrac into \frac
         ("+5", None),
         ("1" * 401, None),
+        ("1" + ",000" * 2000, None),  # 6001 digits: beyond Python's int-string limit, and not read
+        ("４２", None),  # int() reads full-width digits; latex2sympy does not
+        (r"\frac{१}{2}", None),
     ],
 )
 def test_exact_rational(answer, value):
@@ -108,6 +111,10 @@ def test_numeric_value_agrees_with_latex2sympy(latex):
 )
 def test_numeric_value_rejects_what_it_cannot_read_like_latex2sympy(latex):
     assert numeric_value(latex, SAMPLE_POINTS[0]) is None
+
+
+def test_only_ascii_digits_are_numbers():
+    assert numeric_value("٣ + 1") is None and numeric_value("3 + 1") == 4.0
 
 
 def test_variables_need_a_point():

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from lambda_grpo import tiny_assets
+from lambda_grpo.end_of_turn import turn_stop_token_ids
 from lambda_grpo.tiny_assets import (
     DATA_SOURCE,
+    EOS_TOKEN,
     IM_END,
     LENGTH_CAP_CHARS,
     TinySpec,
@@ -76,7 +78,7 @@ def test_crash_during_build_leaves_no_asset_behind(assets, tmp_path, monkeypatch
     [
         ({"head_dim": 16, "hidden_size": 16}, "head_dim"),
         ({"hidden_size": 96}, "hidden_size"),
-        ({"p_eos": 0.6, "p_digit": 0.5}, "p_eos"),
+        ({"p_turn_end": 0.6, "p_digit": 0.5}, "p_turn_end"),
         ({"vocab_size": 100}, "vocab_size"),
     ],
 )
@@ -92,8 +94,8 @@ def test_tokenizer_round_trips_and_has_chatml_template(assets):
         tokenizer = AutoTokenizer.from_pretrained(directory)
         text = "What is 7 + 8? Answer: 15. Ünïcödé ✓"
         assert tokenizer.decode(tokenizer.encode(text)) == text
-        assert tokenizer.eos_token == IM_END
-        assert tokenizer.pad_token == "<|endoftext|>"
+        assert tokenizer.eos_token == tokenizer.pad_token == EOS_TOKEN  # as Qwen2.5 base models
+        assert IM_END in tokenizer.all_special_tokens  # the end of a turn, dropped by skip_special_tokens
         assert len(tokenizer) <= TinySpec().vocab_size
         rendered = tokenizer.apply_chat_template(
             [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
@@ -112,8 +114,9 @@ def test_model_loads_generates_and_follows_the_unigram_prior(assets):
     model = AutoModelForCausalLM.from_pretrained(assets.model_dir).eval()
     config = json.loads((assets.model_dir / "config.json").read_text())
     assert config["architectures"] == ["Qwen2ForCausalLM"]
-    assert config["head_dim"] == 64 and config["eos_token_id"] == tokenizer.eos_token_id
-    assert json.loads((assets.model_dir / "generation_config.json").read_text())["eos_token_id"] == tokenizer.eos_token_id
+    eos, turn_end = tokenizer.convert_tokens_to_ids(EOS_TOKEN), tokenizer.convert_tokens_to_ids(IM_END)
+    assert config["head_dim"] == 64 and config["eos_token_id"] == tokenizer.eos_token_id == eos
+    assert json.loads((assets.model_dir / "generation_config.json").read_text())["eos_token_id"] == eos
 
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is 2 + 3?"}], add_generation_prompt=True, tokenize=True, return_dict=False
@@ -121,15 +124,19 @@ def test_model_loads_generates_and_follows_the_unigram_prior(assets):
     with torch.no_grad():
         probs = model(torch.tensor([prompt])).logits[0, -1].softmax(-1)
     digits = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
-    assert probs[tokenizer.eos_token_id].item() == pytest.approx(spec.p_eos, rel=0.2)
+    assert probs[turn_end].item() == pytest.approx(spec.p_turn_end, rel=0.2)
+    assert probs[eos].item() < 1e-9  # EOS never comes: a sampler must stop at the end of the turn
     assert probs[digits].sum().item() == pytest.approx(spec.p_digit, rel=0.2)
 
-    torch.manual_seed(0)
-    out = model.generate(
-        torch.tensor([prompt]), max_new_tokens=16, do_sample=True, num_return_sequences=16, pad_token_id=0
-    )
-    lengths = [int((row[len(prompt) :] != tokenizer.pad_token_id).sum()) for row in out]
-    assert min(lengths) < 8 and max(lengths) == 16, lengths  # lengths vary between short and the limit
+    def lengths(stop_ids):
+        torch.manual_seed(0)
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=True, num_return_sequences=16,
+                             eos_token_id=stop_ids, pad_token_id=eos)
+        return [int((row[len(prompt) :] != eos).sum()) for row in out]
+
+    stopped = lengths(turn_stop_token_ids(tokenizer))
+    assert min(stopped) < 8 and max(stopped) == 16, stopped  # lengths vary between short and the limit
+    assert lengths([eos]) == [16] * 16  # stopping at EOS alone runs every response to the limit
 
 
 def test_toy_task_parquet_has_verl_schema(assets):
@@ -214,7 +221,8 @@ def test_random_model_rewards_differ_within_groups(assets):
     groups = []
     for row in rows:
         prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=True, num_return_sequences=4, pad_token_id=0)
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=True, num_return_sequences=4,
+                             eos_token_id=turn_stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
         groups.append((row, [tokenizer.decode(r[len(prompt) :], skip_special_tokens=True) for r in out]))
     for preference in tiny_assets.PREFERENCES:
         spreads = [

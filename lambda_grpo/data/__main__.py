@@ -82,6 +82,8 @@ def _print_summary(report: PrepareReport) -> None:
         print(f"{name}: {rows} rows ({Path(report.out_dir) / name})")
     for overlap in report.overlaps:
         print(f"overlap: {overlap['count']} {overlap['eval']} problems also in {overlap['train']}")
+    if report.removed_from_previous_run:
+        print(f"removed, as this run does not write them: {', '.join(report.removed_from_previous_run)}")
     print(f"report: {Path(report.out_dir) / REPORT_NAME}")
 
 
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         report = prepare(dict(args.train), dict(args.eval), args.out_dir, args.decontaminate)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     _print_summary(report)

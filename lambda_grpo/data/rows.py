@@ -18,8 +18,6 @@ The schema is fixed (`SCHEMA`), so files of different datasets concatenate in ve
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,15 +106,6 @@ def map_rows(spec: DatasetSpec, source_rows: Sequence[Any]) -> MappedDataset:
 
 
 def write_parquet(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Write `rows` with `SCHEMA` to `path` atomically (temporary file, then rename); sets extra_info.index."""
+    """Write `rows` with `SCHEMA` to `path` (a new file; mode 0o666 minus the umask); sets extra_info.index."""
     indexed = [{**row, "extra_info": {**row["extra_info"], "index": index}} for index, row in enumerate(rows)]
-    table = pa.Table.from_pylist(indexed, schema=SCHEMA)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        pq.write_table(table, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    pq.write_table(pa.Table.from_pylist(indexed, schema=SCHEMA), path)

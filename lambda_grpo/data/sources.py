@@ -5,16 +5,26 @@ A source is one of:
   path/to/file.json       a JSON list of objects, or an object with the list under "data", "rows" or "examples"
   path/to/file.parquet    read with pyarrow (nulls become None)
   hf:ID[:CONFIG]@SPLIT    `datasets.load_dataset(ID, CONFIG, split=SPLIT)`, for a machine that reaches a hub
+
+Errors are one line naming the source: a file that cannot be read or decoded, and a hub that does not answer
+within `HUB_PROBE_TIMEOUT_S` (probed before `datasets` starts its minutes of retries; skipped when the hub is
+configured offline, HF_HUB_OFFLINE=1 / HF_DATASETS_OFFLINE=1, where `datasets` reads its local cache).
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 HUB_PREFIX = "hf:"
 _JSON_LIST_KEYS = ("data", "rows", "examples")
+
+HUB_PROBE_TIMEOUT_S = 5.0
+"""How long the hub may take to answer one HTTP request before a hub source is declared unreachable (seconds)."""
 
 
 def _read_jsonl(path: Path) -> list[Any]:
@@ -31,7 +41,10 @@ def _read_jsonl(path: Path) -> list[Any]:
 
 
 def _read_json(path: Path) -> list[Any]:
-    content = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
     if isinstance(content, dict):
         key = next((key for key in _JSON_LIST_KEYS if isinstance(content.get(key), list)), None)
         if key is None:
@@ -43,9 +56,13 @@ def _read_json(path: Path) -> list[Any]:
 
 
 def _read_parquet(path: Path) -> list[Any]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(path).to_pylist()
+    try:
+        return pq.read_table(path).to_pylist()
+    except pa.ArrowException as error:
+        raise ValueError(f"{path}: not a readable parquet file ({error})") from None
 
 
 def parse_hub_source(source: str) -> tuple[str, str | None, str]:
@@ -58,11 +75,42 @@ def parse_hub_source(source: str) -> tuple[str, str | None, str]:
     return dataset_id, config or None, split
 
 
+def hub_unreachable(endpoint: str, timeout_s: float) -> str | None:
+    """Why `endpoint` gave no HTTP answer within `timeout_s` seconds (name resolution included), or None if it
+    answered (any status: a 404 is an answer)."""
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout_s).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:
+            outcome.append(None)
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            outcome.append(str(getattr(error, "reason", error)))
+
+    thread = threading.Thread(target=probe, daemon=True, name="lambda_grpo-hub-probe")
+    thread.start()
+    thread.join(timeout_s)
+    return outcome[0] if outcome else f"no answer within {timeout_s:g} s"
+
+
 def _read_hub(source: str) -> list[Any]:
     import datasets
 
     dataset_id, config, split = parse_hub_source(source)
-    return list(datasets.load_dataset(dataset_id, config, split=split))
+    if not datasets.config.HF_HUB_OFFLINE:
+        reason = hub_unreachable(datasets.config.HF_ENDPOINT, HUB_PROBE_TIMEOUT_S)
+        if reason is not None:
+            raise ValueError(
+                f"hub source {source!r}: the hub {datasets.config.HF_ENDPOINT} is unreachable ({reason}); pass a "
+                "local .jsonl/.json/.parquet copy instead, or set HF_ENDPOINT to a reachable mirror"
+            )
+    try:
+        return list(datasets.load_dataset(dataset_id, config, split=split))
+    except Exception as error:  # datasets' errors span many types; the CLI reports one line
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(f"hub source {source!r}: {type(error).__name__}: {first_line}") from None
 
 
 def read_rows(source: str) -> list[Any]:
@@ -76,4 +124,7 @@ def read_rows(source: str) -> list[Any]:
     reader = readers.get(path.suffix.lower())
     if reader is None:
         raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json, .parquet or hf:ID@SPLIT")
-    return reader(path)
+    try:
+        return reader(path)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None

@@ -17,10 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lambda_grpo.data.outputs import write_text_atomically
 from lambda_grpo.data.specs import EVAL_SUITE
-from lambda_grpo.evaluate.checkpoint import resolve_model
+from lambda_grpo.evaluate.checkpoint import resolve_checkpoint, resolve_model
 from lambda_grpo.evaluate.generation import SamplingSettings
-from lambda_grpo.evaluate.runner import RESULTS_NAME, evaluate, write_atomically
+from lambda_grpo.evaluate.results import RESULTS_NAME
+from lambda_grpo.evaluate.runner import ScoringError, evaluate
 from lambda_grpo.evaluate.table import csv_text, markdown, row_from_results
 
 SUITE = [name for name, _ in EVAL_SUITE]
@@ -120,8 +122,13 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     benchmarks = _benchmarks(args.data_dir.expanduser(), args.benchmarks)
+    checkpoint = resolve_checkpoint(args.model)
+    where = f" ({checkpoint.label} of {checkpoint.run_dir})" if checkpoint.run_dir is not None else ""
+    print(f"[lambda_grpo.evaluate] model: {checkpoint.path}{where}", flush=True)
     run_settings = {
-        "model": str(args.model.expanduser().resolve()),
+        "model": str(checkpoint.path),
+        "step": checkpoint.step,
+        "run_dir": None if checkpoint.run_dir is None else str(checkpoint.run_dir),
         "method": args.method,
         "model_size": args.model_size,
         "backend": args.backend,
@@ -129,11 +136,11 @@ def _run(args: argparse.Namespace) -> int:
     }
     out_dir = args.out_dir.expanduser()
     results = evaluate(
-        benchmarks, lambda: _load_generator(args, resolve_model(args.model, out_dir)), settings, run_settings, out_dir
+        benchmarks, lambda: _load_generator(args, resolve_model(checkpoint, out_dir)), settings, run_settings, out_dir
     )
     row = row_from_results(results)
-    write_atomically(out_dir / "table.md", markdown([row]))
-    write_atomically(out_dir / "table.csv", csv_text([row]))
+    write_text_atomically(out_dir / "table.md", markdown([row]))
+    write_text_atomically(out_dir / "table.csv", csv_text([row]))
     print(markdown([row]), end="")
     print(f"[lambda_grpo.evaluate] {settings.metric} in %; results: {out_dir / RESULTS_NAME}")
     return 0
@@ -145,8 +152,8 @@ def _table(args: argparse.Namespace) -> int:
         file = path / RESULTS_NAME if path.is_dir() else path
         rows.append(row_from_results(json.loads(file.read_text(encoding="utf-8"))))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(args.out.with_suffix(".md"), markdown(rows))
-    write_atomically(args.out.with_suffix(".csv"), csv_text(rows))
+    write_text_atomically(args.out.with_suffix(".md"), markdown(rows))
+    write_text_atomically(args.out.with_suffix(".csv"), csv_text(rows))
     print(markdown(rows), end="")
     return 0
 
@@ -158,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except ScoringError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

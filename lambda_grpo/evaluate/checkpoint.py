@@ -7,6 +7,10 @@ Accepted `--model` paths:
   global_step_N/actor        FSDP (fsdp_config.json + model_world_size_W_rank_R.pt + huggingface/) or Megatron
                              (model/dist_ckpt + model/huggingface) actor checkpoint
 
+What is evaluated is `resolve_checkpoint(path)`: the HF directory, or the actor checkpoint directory and its
+global step, found without loading anything. It keys the evaluation's results (`runner`): pointed at a run's
+directory, a later evaluation after training advanced resolves to the new step.
+
 A checkpoint is merged with `verl.model_merger` (FSDPModelMerger / MegatronModelMerger, as
 `python -m verl.model_merger merge` does) into `<work_dir>/merged_model`, built under a temporary name and renamed
 when complete; a later run reuses it if it was merged from the same actor directory.
@@ -14,8 +18,10 @@ when complete; a later run reuses it if it was merged from the same actor direct
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 MERGED_DIR = "merged_model"
@@ -26,6 +32,39 @@ _WEIGHTS = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+
+
+_STEP_DIR = re.compile(r"global_step_(\d+)")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What `--model` resolves to: `path`, an HF model directory or a verl actor checkpoint directory; for the
+    latter, its global `step` and its run directory `run_dir` (trainer.default_local_dir), when laid out as verl
+    saves them (<run_dir>/global_step_<step>/actor)."""
+
+    path: Path
+    step: int | None = None
+    run_dir: Path | None = None
+
+    @property
+    def label(self) -> str:
+        """"global_step_<step>" for a checkpoint of a run, else the directory's name."""
+        return f"global_step_{self.step}" if self.step is not None else self.path.name
+
+
+def resolve_checkpoint(path: Path) -> Checkpoint:
+    """The model `--model path` names (module docstring); ValueError if it is neither an HF directory nor a
+    verl actor checkpoint."""
+    path = path.expanduser().resolve()
+    if is_hf_model_dir(path):
+        return Checkpoint(path)
+    actor = actor_dir(path)
+    step_dir = actor.parent if actor.name == "actor" else actor
+    match = _STEP_DIR.fullmatch(step_dir.name)
+    if match is None:
+        return Checkpoint(actor)
+    return Checkpoint(actor, int(match.group(1)), step_dir.parent)
 
 
 def is_hf_model_dir(path: Path) -> bool:
@@ -68,12 +107,11 @@ def _merge(actor: Path, target: Path) -> None:
     merger.cleanup()
 
 
-def resolve_model(path: Path, work_dir: Path) -> Path:
-    """The HF model directory to evaluate for `--model path` (module docstring); merges into `work_dir` if needed."""
-    path = path.expanduser().resolve()
-    if is_hf_model_dir(path):
-        return path
-    actor = actor_dir(path)
+def resolve_model(checkpoint: Checkpoint, work_dir: Path) -> Path:
+    """The HF model directory to evaluate for `checkpoint` (module docstring); merges into `work_dir` if needed."""
+    if is_hf_model_dir(checkpoint.path):
+        return checkpoint.path
+    actor = checkpoint.path
     merged = work_dir / MERGED_DIR
     if merged.is_dir():
         source = (merged / SOURCE_MARKER).read_text().strip() if (merged / SOURCE_MARKER).is_file() else ""

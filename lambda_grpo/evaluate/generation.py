@@ -1,9 +1,9 @@
 """Generate k responses per prompt with vLLM (GPU clusters) or transformers' generate (small models, CPU).
 
 Both backends take chat-templated prompt strings and return, per prompt, k decoded responses (special tokens
-skipped). Generation stops at the tokenizer's EOS, the generation config's EOS ids, and ChatML's `<|im_end|>` /
-`<|endoftext|>` when the vocabulary has them (Qwen2.5 base models end ChatML turns with `<|im_end|>` but
-declare `<|endoftext|>` as EOS), or after `max_tokens` new tokens.
+skipped). Generation stops where training's rollouts stop (lambda_grpo.end_of_turn: the tokenizer's EOS and the
+chat template's end-of-turn token, e.g. `<|im_end|>` for Qwen2.5 base models, whose EOS is `<|endoftext|>`), at
+the generation config's EOS ids, or after `max_tokens` new tokens.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-CHATML_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+from lambda_grpo.end_of_turn import turn_stop_token_ids
 
 
 @dataclass(frozen=True)
@@ -48,20 +48,20 @@ class Generator(Protocol):
 
 
 def stop_token_ids(tokenizer: Any, model_dir: Path) -> list[int]:
-    """EOS ids of the tokenizer and generation config, plus ChatML's end tokens present in the vocabulary."""
+    """Training's stop ids (`turn_stop_token_ids`) plus the generation config's EOS ids.
+
+    vLLM adds the generation config's EOS ids to every request itself (so training's rollouts stop there too);
+    transformers' `generate` replaces them with the `eos_token_id` it is given, so they are named here.
+    """
     from transformers import GenerationConfig
 
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
     try:
         configured = GenerationConfig.from_pretrained(model_dir).eos_token_id
     except OSError:  # no generation_config.json
         configured = None
-    ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-    vocabulary = tokenizer.get_vocab()
-    ids.update(vocabulary[token] for token in CHATML_STOP_TOKENS if token in vocabulary)
-    return sorted(ids)
+    return turn_stop_token_ids(
+        tokenizer, configured if isinstance(configured, list) else [configured] if configured is not None else []
+    )
 
 
 class HfGenerator:

@@ -18,27 +18,42 @@ and then the last LaTeX expression or number in the text (which covers GSM8K's `
 
 Speed. `fast_path` settles the common cases (the extracted answer and the ground truth are integers or fractions,
 normalise to the same string, or are numbers/intervals/polynomials with different values) in microseconds, with a
-verdict proven equal to math-verify's (`extraction` proves which answer math-verify extracts). Everything else
-goes to math-verify in a worker process (`symbolic`), which also enforces the timeout, parses only the box when
-that is provably what math-verify would extract, and caches those verdicts by (ground truth, box content). Plain
-math-verify and this function agree on every case of `tests/reward_cases.jsonl`;
-`benchmarks/reward_throughput.py` measures the speed-up.
+verdict proven equal to math-verify's (`extraction` proves which answer math-verify extracts; the fast path answers
+only where math-verify's parse provably neither aborts nor depends on its timeouts, and
+`tests/test_reward_agreement.py` fuzzes it against math-verify). Everything else goes to math-verify (`symbolic`),
+which parses only the box when that is provably what math-verify would extract, and caches those verdicts by
+(ground truth, box content). Plain math-verify and this function agree on every case of
+`tests/reward_cases.jsonl`; `benchmarks/reward_throughput.py` measures the speed-up.
 
-Never raises on model output: malformed, empty or pathological responses score 0.0, with the reason in the
-result. A response whose verification takes longer than `timeout_s` scores 0.0 with reason "timeout" (math-verify
-itself gives up on a comparison after 5 s and returns False).
+Time. A small response with a single box and no "final answer" phrase gets the fast path in this process
+(`verdict.quick_verdict`: its cost is bounded by size limits, about 20 ms at worst); every other verdict is
+computed in a killable worker process (`verdict.judge` in a `workers.WorkerPool`) while this process waits. A
+call returns within `timeout_s` + `workers.MARGIN_S` (0.5 s) of getting a worker slot, whatever the input: the
+time to start a worker counts against `timeout_s`. Threads calling
+at once beyond the pool's size (`$LAMBDA_GRPO_REWARD_WORKERS`, default min(4, CPU count)) first wait for a slot.
+
+Never raises on model output: malformed, empty, overlong (> `MAX_INPUT_CHARS`) or pathological responses score
+0.0, with the reason in the result. A response whose verification is not done within `timeout_s` scores 0.0 with
+reason "timeout" (math-verify itself gives up on a parse or a comparison after 5 s and returns False). The
+verifier's log lines quote at most a short prefix of the response (`logs`).
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any
 
-from lambda_grpo.reward.extraction import single_box_content
-from lambda_grpo.reward.fast_path import fast_verdict
-from lambda_grpo.reward.symbolic import symbolic_verdict
+from lambda_grpo.reward.verdict import judge, prepare_worker, quick_verdict
+from lambda_grpo.reward.workers import Failure, WorkerPool, default_pool_size
 
 DEFAULT_TIMEOUT_S = 5.0
-"""Per-call wall-clock limit of the symbolic verification (seconds); math-verify's own per-step limit is 5 s."""
+"""Per-call wall-clock limit of the verification (seconds), worker start included; math-verify's own per-step
+limit is 5 s."""
+
+MAX_INPUT_CHARS = 1_000_000
+"""Longer responses or ground truths are not verified (reason "invalid_input"): about 250k tokens, beyond any
+rollout length, and it bounds the time to copy them to a worker."""
 
 VERL_INFRASTRUCTURE_KWARGS = frozenset(
     {"reward_router_address", "reward_model_tokenizer", "sandbox_fusion_url", "concurrent_semaphore", "memory_limit_mb"}
@@ -47,6 +62,23 @@ VERL_INFRASTRUCTURE_KWARGS = frozenset(
 
 REASONS = ("match", "mismatch", "no_answer", "timeout", "invalid_input", "error")
 """Values of the result's "reason" (an "error" reason carries a suffix: "error: <what>")."""
+
+
+_FAILURE_REASONS = {Failure.TIMED_OUT: "timeout", Failure.WORKER_DIED: "error: worker exited"}
+
+_pool: WorkerPool | None = None
+_pool_pid: int | None = None
+_pool_lock = threading.Lock()
+
+
+def shared_pool() -> WorkerPool:
+    """This process's pool of `verdict.judge` workers (a forked child gets a fresh one: pipes must not be shared
+    across processes)."""
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool, _pool_pid = WorkerPool(default_pool_size(), prepare=prepare_worker), os.getpid()
+        return _pool
 
 
 def _result(equal: bool, pred: str, reason: str, verifier: str) -> dict[str, Any]:
@@ -69,7 +101,7 @@ def compute_score(
         solution_str: the decoded response.
         ground_truth: the reference answer (LaTeX or plain); an int/float is converted with str().
         extra_info: verl's per-row extra info; unused.
-        timeout_s: wall-clock limit of the symbolic verification, seconds (> 0).
+        timeout_s: wall-clock limit of the verification, seconds (> 0), worker start included (module docstring).
         **kwargs: verl infrastructure arguments (`VERL_INFRASTRUCTURE_KWARGS`), ignored. Any other name raises
             TypeError (a misspelt `reward_kwargs` key must not be silently ignored).
 
@@ -78,6 +110,11 @@ def compute_score(
         {"score": float, "acc": float (= score; verl's validation reports "acc"), "pred": str (the extracted
         answer, "" if none; verl's majority-vote metrics use it), "reason": str (one of `REASONS`),
         "verifier": str ("fast", "math_verify" or "none")}.
+
+    Raises:
+        TypeError / ValueError for a wrong keyword or timeout (configuration errors), and
+        `workers.WorkerStartError` if no worker process can start (an installation problem); never because of
+        the response.
     """
     unexpected = set(kwargs) - VERL_INFRASTRUCTURE_KWARGS
     if unexpected:
@@ -88,11 +125,11 @@ def compute_score(
         ground_truth = str(ground_truth)
     if not isinstance(solution_str, str) or not isinstance(ground_truth, str) or not ground_truth.strip():
         return _result(False, "", "invalid_input", "none")
-
-    content = single_box_content(solution_str)
-    fast = fast_verdict(solution_str, ground_truth, box_content=content)
-    if fast is not None:
-        reason = "no_answer" if fast.rule == "no_answer" else "match" if fast.equal else "mismatch"
-        return _result(fast.equal, fast.pred, reason, "fast")
-    symbolic = symbolic_verdict(solution_str, ground_truth, timeout_s, box_content=content)
-    return _result(symbolic.equal, symbolic.pred, symbolic.outcome, "math_verify")
+    if len(solution_str) > MAX_INPUT_CHARS or len(ground_truth) > MAX_INPUT_CHARS:
+        return _result(False, "", "invalid_input", "none")
+    verdict = quick_verdict(solution_str, ground_truth)
+    if verdict is None:
+        verdict = shared_pool().call(judge, (solution_str, ground_truth), timeout_s)
+    if isinstance(verdict, Failure):
+        return _result(False, "", _FAILURE_REASONS[verdict], "none")
+    return _result(verdict.equal, verdict.pred, verdict.reason, verdict.verifier)

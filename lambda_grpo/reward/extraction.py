@@ -33,6 +33,7 @@ math-verify extracts nothing.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import replace
 from functools import cache, lru_cache
 from itertools import groupby
@@ -149,6 +150,44 @@ def single_box_content(solution: str) -> str | None:
     return content
 
 
+_NON_ASCII_DIGIT = re.compile(r"[^\D0-9]")
+_NEGATIVE_LEADING_ZERO = re.compile(r"-0\d")
+_INTEGER_PART = re.compile(r"[0-9]+(?:[ ,][0-9]{3})*")
+"""The digits math-verify's plain-number patterns join into one integer (thousands separators " " and ",")."""
+
+
+@cache
+def _long_run(characters: int) -> re.Pattern[str]:
+    """A maximal run of digits, spaces and commas longer than `characters` (each run tried once: linear time)."""
+    return re.compile(rf"(?<![0-9 ,])[0-9 ,]{{{characters + 1},}}")
+
+
+def _has_long_integer(text: str, digits: int) -> bool:
+    """True if `text` holds an integer of more than `digits` digits, as math-verify's number patterns join them."""
+    return any(
+        len(integer.group()) - integer.group().count(" ") - integer.group().count(",") > digits
+        for run in _long_run(digits).finditer(text)
+        for integer in _INTEGER_PART.finditer(run.group())
+    )
+
+
+def parse_may_abort(text: str) -> bool:
+    """True if math-verify's parse of `text` may abort and return nothing, whatever it would otherwise extract.
+
+    Its plain-number patterns match `\\d` (any Unicode decimal digit) and `extract_expr` turns the match into
+    sympy's Number() outside any try, so that parse raises and returns [] for: a non-ASCII decimal digit
+    ("４", "१"); a negative integer with a leading zero ("-09": not a Python literal); a number of more digits than
+    Python's int-string limit in its integer part (`sys.get_int_max_str_digits`, thousands separators joined).
+    Conservative: True on any occurrence of these anywhere in `text`, whether or not math-verify reaches it.
+    """
+    if not text.isascii() and _NON_ASCII_DIGIT.search(text):
+        return True
+    if "-0" in text and _NEGATIVE_LEADING_ZERO.search(text):
+        return True
+    limit = sys.get_int_max_str_digits()
+    return limit > 0 and _has_long_integer(text, limit)
+
+
 def certainly_parses(answer: str) -> bool:
     """True if latex2sympy certainly parses the normalised `answer`: arithmetic LaTeX (`numeric.is_arithmetic`),
     or one equation `lhs = rhs` of two such sides."""
@@ -173,7 +212,10 @@ def _extracted(match: re.Match[str], is_latex: bool) -> str | None:
         groups = match.groupdict()
         if groups.get("expr") or groups.get("percent"):
             return None
-        _number, answer = extract_expr(match)  # a sympy Number, always; its string is what math-verify compares
+        try:
+            _number, answer = extract_expr(match)  # a sympy Number, always; its string is what math-verify compares
+        except Exception:  # math-verify's parse aborts here too (see `parse_may_abort`): math-verify decides
+            return None
     return answer if answer and certainly_parses(answer) else None
 
 

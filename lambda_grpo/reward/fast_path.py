@@ -8,11 +8,16 @@ Extraction (`extraction`): math-verify's answer to the response is provably know
 `pred` — from the response's only box, or, for a response without a box, from math-verify's own patterns — or
 provably absent (verdict: not equal, reason "no_answer"). The ground truth, parsed from `\\boxed{gt}`, gives its
 normalised string `gold` the same way (a ground truth holding `$`, `\\[`, `\\(` or `\\boxed` is left to
-math-verify: other patterns could match inside `\\boxed{gt}`).
+math-verify: other patterns could match inside `\\boxed{gt}`). A response or ground truth on which math-verify's
+parse may abort and return nothing (`extraction.parse_may_abort`: non-ASCII digits, "-09", integers beyond
+Python's int-string limit) is left to math-verify too.
 
 Verdict. math-verify's `verify` accepts if any (gold, prediction) pair compares equal, the pair of the two
 normalised strings included. Rules, in order (`answer_verdict`):
-  normalized pred == gold, non-empty -> equal (math-verify's string comparison accepts);
+  normalized pred == gold, non-empty, and quick to parse -> equal (math-verify's string comparison accepts). Quick:
+             in the arithmetic subset, or at most `numeric.MAX_LENGTH` characters without "^", "!", binomials,
+             scientific notation or 50-digit numbers; otherwise latex2sympy may outlast math-verify's parse timeout
+             (`1E-2867951\\vec{v}`), the parse returns nothing and math-verify says not equal;
   rational   pred and gold are integers or simple fractions (which latex2sympy always parses, so math-verify
              compares two exact rationals, by value) -> equal iff the same rational;
   numeric    both are arithmetic LaTeX, possibly in variables (`numeric.numeric_value`), and at one of
@@ -24,9 +29,9 @@ normalised strings included. Rules, in order (`answer_verdict`):
              them as sympy Intervals; an infinite end is always open) -> not equal if the open/closed ends or the
              endpoints differ (math-verify compares exactly those).
 The strings differ in the later rules (the first rule comes first), so the string pair cannot accept there.
-An answer `lhs = rhs` (one equation of two arithmetic sides, which latex2sympy parses as sympy Eq) is compared by
-its right-hand side, as math-verify does when the ground truth is not an equation; a ground truth with "=" is
-decided only by the normalized rule. Equal values in different forms (`2\\sqrt{2}` vs `\\sqrt{8}`) are left to
+An answer `lhs = rhs` (one equation of two arithmetic sides without commas, which latex2sympy parses as sympy Eq;
+in "x = 1,234" it reads the set {1, 234}) is compared by its right-hand side, as math-verify does when the ground
+truth is not an equation; a ground truth with "=" is decided only by the normalized rule. Equal values in different forms (`2\\sqrt{2}` vs `\\sqrt{8}`) are left to
 math-verify, which may decide either way.
 """
 
@@ -40,10 +45,18 @@ from lambda_grpo.reward.extraction import (
     NOTHING,
     certainly_parses,
     normalized_answer,
+    parse_may_abort,
     single_box_content,
     unboxed_answer,
 )
-from lambda_grpo.reward.numeric import SAMPLE_POINTS, VARIABLES, exact_rational, numeric_value, provably_different
+from lambda_grpo.reward.numeric import (
+    MAX_LENGTH,
+    SAMPLE_POINTS,
+    VARIABLES,
+    exact_rational,
+    numeric_value,
+    provably_different,
+)
 
 _MATH_ENVIRONMENT_MARKERS = ("$", "\\[", "\\(", "\\boxed")
 _INTERVAL = re.compile(r"([\[(])([^,]+),([^,]+)([\])])")
@@ -106,17 +119,26 @@ def _intervals_differ(pred: str, gold: str) -> bool:
     return False
 
 
+_SLOW_TO_PARSE = re.compile(r"\^|!|\\binom|\\choose|\d[eE]|[eE][-+]?\d|\d{50}")
+"""What can make latex2sympy's parse of a short answer slow: powers, factorials, binomials, scientific notation."""
+
+
+def _quick_to_parse(answer: str) -> bool:
+    """True if latex2sympy parses `answer` well within math-verify's timeout (module docstring, normalized rule)."""
+    return len(answer) <= MAX_LENGTH and _SLOW_TO_PARSE.search(answer) is None
+
+
 def answer_verdict(pred: str, gold: str) -> FastVerdict | None:
     """math-verify's verdict on normalised answer strings `pred` and `gold` when sympy is not needed, else None.
 
     Rules, in order (module docstring): normalized, rational, numeric, interval.
     """
-    if pred and pred == gold:
+    if pred and pred == gold and (certainly_parses(pred) or _quick_to_parse(pred)):
         return FastVerdict(equal=True, pred=pred, rule="normalized")
     if "=" in gold:
         return None
     if "=" in pred:
-        if not certainly_parses(pred):
+        if "," in pred or not certainly_parses(pred):  # "x = 1,234" is Eq(x, {1, 234}) for latex2sympy
             return None
         pred = pred.partition("=")[2].strip()
     pred_rational, gold_rational = exact_rational(pred), exact_rational(gold)
@@ -135,6 +157,8 @@ def fast_verdict(solution: str, ground_truth: str, box_content: str | None = Non
     `box_content`: `extraction.single_box_content(solution)`, if the caller has it already.
     """
     if any(marker in ground_truth for marker in _MATH_ENVIRONMENT_MARKERS):
+        return None
+    if parse_may_abort(solution) or parse_may_abort(ground_truth):
         return None
     if box_content is None:
         box_content = single_box_content(solution)

@@ -53,15 +53,16 @@ SAMPLE_POINTS = tuple(
 )
 """Two assignments of distinct positive values to the variables, at which answers are compared numerically."""
 
-_INTEGER = re.compile(r"-?\d{1,3}(?:,\d{3})+|-?\d{1,400}")
-_LATEX_FRACTION = re.compile(r"(-?)\\frac\{(-?\d{1,400})\}\{(-?\d{1,400})\}")
-_SLASH_FRACTION = re.compile(r"(-?\d{1,400})/(\d{1,400})")
+_INTEGER = re.compile(r"-?\d{1,3}(?:,\d{3}){1,133}|-?\d{1,400}", re.ASCII)
+_LATEX_FRACTION = re.compile(r"(-?)\\frac\{(-?\d{1,400})\}\{(-?\d{1,400})\}", re.ASCII)
+_SLASH_FRACTION = re.compile(r"(-?\d{1,400})/(\d{1,400})", re.ASCII)
 
 _TOKEN = re.compile(
     r"\s*(\d+(?:,\d{3})*(?:\.\d+)?|\\frac|\\sqrt|\\pi|\\cdot|\\times|\\div|[-+*/^(){}\[\]]"
-    r"|[" + VARIABLES + r"](?![a-zA-Z]))"
+    r"|[" + VARIABLES + r"](?![a-zA-Z]))",
+    re.ASCII,
 )
-_LONE_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+_LONE_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?", re.ASCII)
 _MAX_EXPONENT = 1000.0
 
 
@@ -69,8 +70,8 @@ def exact_rational(answer: str) -> Fraction | None:
     """The value of a normalised answer if it is an integer or a simple fraction, else None.
 
     Accepted (after stripping outer whitespace): `-?d+`, `-?d,ddd,ddd` (thousands separators, which latex2sympy
-    reads as one number), `-?\\frac{-?d+}{-?d+}` and `-?d+/d+`, with at most 400 digits per number. A zero
-    denominator gives None.
+    reads as one number), `-?\\frac{-?d+}{-?d+}` and `-?d+/d+`, with at most 400 digits per number; d is an ASCII
+    digit (latex2sympy reads no other). A zero denominator gives None.
     """
     answer = answer.strip()
     if _INTEGER.fullmatch(answer):
