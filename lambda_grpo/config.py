@@ -1,13 +1,18 @@
 """Compose and validate the training config (verl's `ppo_trainer` tree + `configs/`).
 
 `compose(overrides)` builds exactly what `python -m lambda_grpo.main <overrides>` trains with;
-`validate(cfg)` runs every start-up check, ours and then verl 0.9.1's own `validate_config`, in seconds
-and before Ray, models or data are touched. Each failure is a `ConfigError` whose message starts with the
-offending key and says how to fix it.
+`validate(cfg, choices=...)` runs every start-up check, ours and then verl 0.9.1's own `validate_config`,
+in seconds and before Ray starts: raw values (`config_values`), the options of the loss and of λ, their
+wiring into verl, batch sizes, and (with `check_paths`) the data files, model directories, reward function
+and checkpoint directory the run will read and write (`config_inputs`). Each failure is a one-line
+`ConfigError` that starts with the offending key and gives the value and the fix; legal but pointless
+settings come back as warnings.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata
 import json
 import os
@@ -17,11 +22,21 @@ from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lambda_grpo import VERL_VERSION
 from lambda_grpo import tiny_assets  # noqa: F401  (registers the ${lambda_grpo.tiny:...} resolver of tiny_cpu)
+from lambda_grpo.config_inputs import check_inputs
+from lambda_grpo.config_values import (
+    ConfigError,
+    Defaults,
+    check_against_defaults,
+    check_rules,
+    explain_compose_error,
+    read,
+)
 from lambda_grpo.learnable_lambda import LambdaOptions
 from lambda_grpo.surrogates import Surrogate, UnsupportedSurrogate, surrogate_for
 from lambda_grpo.weights import OptionError, WeightOptions, check_lambda_range
@@ -30,10 +45,9 @@ CONFIG_MODULE = "lambda_grpo.configs"
 CONFIG_NAME = "lambda_grpo"
 LAMBDA_OPTIMIZER = ("lambda_grpo.learnable_lambda", "LambdaAdamW")
 REQUIRED_KEYS = ("data.train_files", "data.val_files", "actor_rollout_ref.model.path")
-
-
-class ConfigError(ValueError):
-    """An invalid training config; the message names the key."""
+LAMBDA_ONLY_OPTIONS = ("r", "normalization", "eps", "lambda_init", "lambda_lr", "lambda_bounds", "lambda_trainable",
+                       "lambda_follow_lr_schedule", "max_consecutive_skipped_steps")
+"""`lambda_grpo` options that only the lambda scheme reads (z, h and λ); the other schemes ignore them."""
 
 
 def config_dir() -> Path | None:
@@ -55,16 +69,18 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
 def compose_with_choices(overrides: Sequence[str] = ()) -> tuple[DictConfig, dict[str, str | None]]:
     """`compose`, plus the option Hydra chose for every config group (e.g. {"model_size": "qwen2_5_7b"})."""
     folder = config_dir()
-    context = (
-        initialize_config_dir(config_dir=str(folder), version_base=None)
-        if folder
-        else initialize_config_module(config_module=CONFIG_MODULE, version_base=None)
-    )
+    if GlobalHydra.instance().is_initialized():  # inside `python -m lambda_grpo.main`: its Hydra, same configs
+        context = contextlib.nullcontext()
+    elif folder:
+        context = initialize_config_dir(config_dir=str(folder), version_base=None)
+    else:
+        context = initialize_config_module(config_module=CONFIG_MODULE, version_base=None)
     try:
         with context:
             cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides), return_hydra_config=True)
     except HydraException as error:
-        raise ConfigError(str(error)) from error
+        default = defaults() if overrides else None  # the default groups always compose: no recursion
+        raise ConfigError(explain_compose_error(str(error), overrides, default)) from error
     choices = dict(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]
@@ -119,10 +135,34 @@ def policy_surrogate(cfg: DictConfig) -> Surrogate:
         raise ConfigError(f"actor_rollout_ref.actor.policy_loss.loss_mode: {error}") from error
 
 
-def validate(cfg: DictConfig, check_paths: bool = True) -> None:
-    """Every start-up check; raises ConfigError naming the key. `check_paths=False` skips file checks."""
+def defaults(choices: Mapping[str, str | None] | None = None) -> Defaults:
+    """What each key defaults to under these Hydra group choices: their config without value overrides.
+
+    `choices` as `compose_with_choices` returns them (or Hydra's runtime choices); None = the default groups.
+    Cached per choices: the result is shared, read it only.
+    """
+    groups = sorted(f"{group}={choice}" for group, choice in (choices or {}).items()
+                    if choice is not None and not group.startswith("hydra/") and ".." not in group)
+    return _defaults(tuple(groups))
+
+
+@functools.lru_cache(maxsize=16)
+def _defaults(groups: tuple[str, ...]) -> Defaults:
+    return Defaults.of(compose_with_choices(groups)[0])
+
+
+def validate(cfg: DictConfig, check_paths: bool = True, choices: Mapping[str, str | None] | None = None) -> list[str]:
+    """Every start-up check; raises ConfigError naming the key. Returns warnings (legal but pointless settings).
+
+    choices: the Hydra group choices `cfg` was composed with (None = the defaults), so that each value is
+    compared with its own default. check_paths=False skips the checks of files on this machine.
+    """
     _check_verl_version()
     _check_required(cfg)
+    check_rules(cfg)
+    default = defaults(choices)
+    warnings = check_against_defaults(cfg, default)
+    _check_lift(cfg)
     options = weight_options(cfg)
     lambda_options(cfg)
     _check_loss_wiring(cfg, options)
@@ -130,8 +170,9 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
     _check_batch_sizes(cfg)
     _check_checkpoint_dir(cfg)
     if check_paths:
-        _check_paths(cfg)
+        check_inputs(cfg)
     _check_with_verl(cfg)
+    return warnings + _pointless_settings(cfg, default)
 
 
 def _checked(cls: type, config_keys: Mapping[str, str], **values: Any) -> Any:
@@ -154,7 +195,7 @@ def _check_verl_version() -> None:
 
 
 def _check_required(cfg: DictConfig) -> None:
-    missing = [key for key in REQUIRED_KEYS if _is_unset(cfg, key)]
+    missing = [key for key in REQUIRED_KEYS if _is_unset(cfg, key) or OmegaConf.select(cfg, key) == []]
     if missing:
         raise ConfigError(f"{missing[0]}: required but not set (missing: {', '.join(missing)}); pass {missing[0]}=...")
 
@@ -178,7 +219,7 @@ def _check_loss_wiring(cfg: DictConfig, options: WeightOptions) -> None:
 
 
 def _check_lambda(cfg: DictConfig, options: WeightOptions, n: int) -> None:
-    """What the learnable λ needs: its optimizer, checkpointed state, a safe range, a skip limit, no SP."""
+    """What the learnable λ needs: its optimizer, checkpointed state, a safe range, no SP."""
     actor = cfg.actor_rollout_ref.actor
     optimizer = (actor.optim.optimizer_impl, actor.optim.optimizer)
     if optimizer != LAMBDA_OPTIMIZER:
@@ -190,12 +231,6 @@ def _check_lambda(cfg: DictConfig, options: WeightOptions, n: int) -> None:
         check_lambda_range(lambda_options(cfg).bounds, options.r, n)
     except ValueError as error:
         raise ConfigError(f"lambda_grpo.lambda_bounds: {error}") from error
-    limit = cfg.lambda_grpo.max_consecutive_skipped_steps
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ConfigError(
-            f"lambda_grpo.max_consecutive_skipped_steps: must be an integer >= 1 (got {limit!r}): the number of "
-            "training steps in a row in which λ may skip an update before the run stops"
-        )
     if bool(cfg.lambda_grpo.lambda_trainable):
         for direction in ("save_contents", "load_contents"):
             contents = list(actor.checkpoint.get(direction) or [])
@@ -210,6 +245,36 @@ def _check_lambda(cfg: DictConfig, options: WeightOptions, n: int) -> None:
             "(λ's gradient is averaged over all actor ranks, which equals the data-parallel group only "
             "without sequence parallelism)"
         )
+
+
+def _check_lift(cfg: DictConfig) -> None:
+    r = read(cfg, "lambda_grpo.r")
+    if cfg.lambda_grpo.scheme == "lambda" and r == 0:
+        raise ConfigError(
+            "lambda_grpo.r: 0 makes h_i = 1 + r·z_i = 1 for every response, so every weight is 1 whatever λ is "
+            "(DAPO, with a λ that never gets a gradient); use r > 0 (the paper's 1/9 is the default), or algo=dapo"
+        )
+
+
+def _pointless_settings(cfg: DictConfig, default: Defaults) -> list[str]:
+    """Legal values that do nothing or undo the method: one warning each."""
+    warnings = []
+    scheme = cfg.lambda_grpo.scheme
+    if scheme != "lambda":
+        given = OmegaConf.to_container(cfg.lambda_grpo, resolve=True)
+        for name in LAMBDA_ONLY_OPTIONS:
+            if given[name] != default.values["lambda_grpo"][name]:
+                warnings.append(f"lambda_grpo.{name}={given[name]} has no effect with lambda_grpo.scheme={scheme} "
+                                "(only the lambda scheme has z, h and λ); drop it, or use algo=lambda_grpo")
+    if read(cfg, "actor_rollout_ref.actor.optim.lr") == 0:
+        warnings.append("actor_rollout_ref.actor.optim.lr=0: the policy never changes; set a positive learning rate")
+    if scheme == "lambda" and read(cfg, "lambda_grpo.lambda_trainable") and read(cfg, "lambda_grpo.lambda_lr") == 0:
+        warnings.append("lambda_grpo.lambda_lr=0: λ never moves although lambda_trainable=true; for a fixed λ "
+                        "set lambda_grpo.lambda_trainable=false")
+    if read(cfg, "actor_rollout_ref.rollout.temperature") == 0:
+        warnings.append("actor_rollout_ref.rollout.temperature=0: greedy sampling gives every response of a group "
+                        "the same text, so every advantage is 0 and nothing is learned; use a temperature > 0 (1.0)")
+    return warnings
 
 
 def _check_trainer(cfg: DictConfig) -> None:
@@ -265,37 +330,18 @@ def _check_checkpoint_dir(cfg: DictConfig) -> None:
         )
 
 
-def _check_paths(cfg: DictConfig) -> None:
-    for key in ("data.train_files", "data.val_files"):
-        files = OmegaConf.select(cfg, key)
-        for path in [files] if isinstance(files, str) else list(files or []):
-            if _is_local(path) and not os.path.exists(os.path.expanduser(path)):
-                raise ConfigError(f"{key}: {path} does not exist (prepare it with `python -m lambda_grpo.data prepare`)")
-    model_path = cfg.actor_rollout_ref.model.path
-    if _looks_like_local_path(model_path) and not os.path.exists(os.path.expanduser(model_path)):
-        raise ConfigError(f"actor_rollout_ref.model.path: {model_path} does not exist")
-
-
 def _check_with_verl(cfg: DictConfig) -> None:
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
     try:
         validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
-    except (AssertionError, ValueError, TypeError) as error:
-        raise ConfigError(f"verl's validate_config rejected the config: {error}") from error
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path
+    except (AssertionError, ValueError, TypeError, HydraException) as error:
+        message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        raise ConfigError(f"verl's validate_config rejected the config: {message}") from error
 
 
 def _is_unset(cfg: DictConfig, key: str) -> bool:
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_key)
     return parent is None or leaf not in parent or OmegaConf.is_missing(parent, leaf) or parent[leaf] in (None, "")
-
-
-def _looks_like_local_path(path: str) -> bool:
-    """A model path meant as a directory; a hub id like Qwen/Qwen2.5-7B is not one."""
-    return path.startswith(("/", "./", "../", "~"))

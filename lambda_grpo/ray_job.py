@@ -10,8 +10,13 @@ with `ray_kwargs.ray_init.runtime_env`. Ray refuses two things a config may hold
   a job (`python -m lambda_grpo.main`), the file for the job's own driver process and for the preflight, which
   sees only the job's env. `merge_job_env` keeps one copy: a variable the job already sets to the same value
   leaves the config's env (the job's env reaches every process of the job, on every node); one set to two
-  different values is a `ConfigError` naming both, before Ray starts.
-- Joining an existing cluster (RAY_ADDRESS, which Ray sets inside every job, or `ray_init.address`), Ray refuses
+  different values is a `ConfigError` naming both, before Ray starts. verl adds variables of its own to the
+  driver's runtime env (`verl.trainer.constants_ppo.get_ppo_ray_runtime_env`: VERL_FULL_DETERMINISM,
+  VLLM_BATCH_INVARIANT, VERL_RL_INSIGHT_ENABLE always, PYTHONHASHSEED and the other determinism variables when set,
+  TRANSFER_QUEUE_ENABLE with TransferQueue); one of those in the job's runtime env is a `ConfigError` too
+  (`verl_env_clashes`), which says to set it in the config instead.
+- Joining an existing cluster (RAY_ADDRESS, which Ray sets inside every job, `ray_init.address`, or a cluster
+  `ray start` runs on this machine: `lambda_grpo.local_ray.cluster_address`), Ray refuses
   `num_cpus`, `num_gpus`, `resources`, `labels` and `object_store_memory`: they describe the local cluster that
   `ray.init` would start (configs/platform/cpu.yaml sets num_cpus and num_gpus for one). A cluster's nodes
   declare their own when they start (launch/start_head and launch/start_worker --num-cpus, --num-gpus).
@@ -20,11 +25,10 @@ with `ray_kwargs.ray_init.runtime_env`. Ray refuses two things a config may hold
 
 from __future__ import annotations
 
-import os
-
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lambda_grpo.config import ConfigError, ray_job_runtime_env
+from lambda_grpo.local_ray import cluster_address
 
 ENV_KEY = "ray_kwargs.ray_init.runtime_env.env_vars"
 
@@ -34,7 +38,7 @@ LOCAL_CLUSTER_OPTIONS = ("num_cpus", "num_gpus", "resources", "labels", "object_
 
 def joins_existing_cluster(cfg: DictConfig) -> bool:
     """True when `ray.init` will connect to a running cluster instead of starting a local one."""
-    return bool(cfg.ray_kwargs.ray_init.get("address") or os.environ.get("RAY_ADDRESS"))
+    return cluster_address(OmegaConf.to_container(cfg.ray_kwargs.ray_init, resolve=True) or {}) is not None
 
 
 def merge_job_env(cfg: DictConfig) -> list[str]:
@@ -43,6 +47,12 @@ def merge_job_env(cfg: DictConfig) -> list[str]:
     Raises ConfigError for a variable the job and the config set to different values. Outside a job, a no-op.
     """
     job_env = {str(key): str(value) for key, value in (ray_job_runtime_env().get("env_vars") or {}).items()}
+    if verl_owned := verl_env_clashes(cfg, job_env):
+        raise ConfigError(
+            f"{ENV_KEY}: the job's runtime env (launch/submit --runtime-env, default launch/runtime_env.yaml) sets "
+            f"{', '.join(verl_owned)}, which verl's run_ppo also passes to ray.init, and Ray refuses the job. Remove "
+            f"it from that file and set it here instead, e.g. +{ENV_KEY}.{verl_owned[0]}=<value>"
+        )
     env = cfg.ray_kwargs.ray_init.get("runtime_env", {}).get("env_vars") or {}
     shared = sorted(key for key in env if key in job_env)
     clashes = [f"{key}={env[key]!r} (the job's runtime env: {job_env[key]!r})"
@@ -57,6 +67,18 @@ def merge_job_env(cfg: DictConfig) -> list[str]:
         for key in shared:
             del env[key]
     return shared
+
+
+def verl_env_clashes(cfg: DictConfig, job_env: dict[str, str]) -> list[str]:
+    """The job's variables that verl's run_ppo also puts into the driver's runtime env (module docstring)."""
+    if not job_env:
+        return []
+    from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+
+    verl_env = set(get_ppo_ray_runtime_env(cfg)["env_vars"])  # reads os.environ, which holds the job's env here
+    if cfg.transfer_queue.get("enable"):
+        verl_env.add("TRANSFER_QUEUE_ENABLE")
+    return sorted(verl_env & set(job_env))
 
 
 def drop_local_cluster_options(cfg: DictConfig) -> dict[str, object]:

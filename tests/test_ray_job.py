@@ -65,6 +65,20 @@ def test_two_values_of_one_variable_are_refused(tiny_config, monkeypatch):
     assert "'lambda_grpo.plugin,my_plugin'" in message and "launch/runtime_env.yaml" in message
 
 
+def test_a_variable_verl_passes_to_ray_init_is_refused_in_the_jobs_env(tiny_config, monkeypatch):
+    """verl's get_ppo_ray_runtime_env always adds VERL_FULL_DETERMINISM: set in the job's env, Ray refused the job."""
+    from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+
+    cfg = copy.deepcopy(tiny_config)
+    job_env = {**LAUNCH_RUNTIME_ENV["env_vars"], "VERL_FULL_DETERMINISM": "1"}
+    in_job(monkeypatch, job_env)
+    for key, value in job_env.items():  # the job's driver has its env
+        monkeypatch.setenv(key, value)
+    assert _merge_runtime_env({"env_vars": job_env}, get_ppo_ray_runtime_env(cfg)) is None  # what ray.init raises on
+    with pytest.raises(ConfigError, match=r"sets VERL_FULL_DETERMINISM, which verl's run_ppo also passes"):
+        merge_job_env(cfg)
+
+
 def test_joining_a_cluster_leaves_out_the_local_cluster_resources(tiny_config, monkeypatch):
     """configs/platform/cpu.yaml declares 16 CPUs and 1 GPU for a local Ray, which ray.init refuses when joining."""
     cfg = copy.deepcopy(tiny_config)
