@@ -51,6 +51,10 @@ OTHER_FAULTS = {"creation_task_failure_context": "its constructor raised", "oom_
                 "actor_unschedulable_context": "it cannot be scheduled"}
 """The other kinds of Ray's ActorDeathCause, each a fault."""
 
+ROLES = {"WorkerDict": "a trainer rank: actor and reference model", "vLLMHttpServer": "a vLLM rollout server",
+         "AgentLoopWorker": "an agent-loop worker", "LambdaGRPOTaskRunner": "the trainer's driver"}
+"""What verl's actors are, for the message (by class name)."""
+
 SIGTERM_EXIT = 128 + signal.SIGTERM
 
 
@@ -75,8 +79,11 @@ def fault_of(actor: dict[str, Any]) -> str | None:
     """What a dead actor's death says about the run: a sentence when it is a fault, else None."""
     cause = actor.get("DeathCause")
     kind = cause.WhichOneof("context") if cause is not None else None
-    where = (f"Ray actor {actor.get('ActorClassName') or '?'} (pid {actor.get('Pid') or '?'} on node "
-             f"{(actor.get('Address') or {}).get('IPAddress') or '?'})")
+    # verl's colocated workers' class is create_colocated_worker_cls.<locals>.WorkerDict
+    name = str(actor.get("ActorClassName") or "?").rsplit(".", 1)[-1]
+    role = f"{ROLES[name]}, " if name in ROLES else ""
+    node = (actor.get("Address") or {}).get("IPAddress") or "?"
+    where = f"Ray actor {name} ({role}pid {actor.get('Pid') or '?'} on node {node})"
     if kind == "actor_died_error_context":
         context = cause.actor_died_error_context
         reason = type(context).Reason.Name(context.reason)

@@ -47,7 +47,10 @@ def test_actors_ended_on_purpose_or_with_their_creator_are_no_fault(reason):
 
 def test_a_killed_worker_is_named_with_its_node_and_cause():
     message = fault_of(died("WORKER_DIED"))
-    assert message.startswith("Ray actor vLLMHttpServer (pid 4242 on node 127.0.0.2) died: its worker process died.")
+    assert message.startswith("Ray actor vLLMHttpServer (a vLLM rollout server, pid 4242 on node 127.0.0.2) died: "
+                              "its worker process died.")
+    rank = fault_of(died("WORKER_DIED", "create_colocated_worker_cls.<locals>.WorkerDict"))
+    assert rank.startswith("Ray actor WorkerDict (a trainer rank: actor and reference model, pid 4242 on node")
     assert "Worker exit type: SYSTEM_ERROR" in message
     oom = {**died("WORKER_DIED"), "DeathCause": common_pb2.ActorDeathCause(
         oom_context=common_pb2.OomContext(error_message="Task was killed due to the node running low on memory."))}
