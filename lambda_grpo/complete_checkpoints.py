@@ -28,7 +28,8 @@ What this module adds:
   incomplete and why) when it names another, cannot be read, or is missing while a complete checkpoint exists.
   A folder with a tracker and checkpoints of which none is complete (checkpoints written before lambda_grpo
   marked them have no marker) stops the start with `ResumeError`, which says how to choose: never a silent start
-  from scratch over them. With `resume_path` the named checkpoint is the user's choice: an incomplete one draws a warning.
+  from scratch over them. With `resume_path` the named checkpoint is the user's choice: an incomplete one draws a
+  warning.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ MARKER = "lambda_grpo_complete.json"
 """The completeness marker inside global_step_<N>/."""
 
 TRACKER = "latest_checkpointed_iteration.txt"
-"""verl's tracker of the latest checkpoint (verl.utils.checkpoint.checkpoint_manager.get_checkpoint_tracker_filename)."""
+"""verl's tracker of the latest checkpoint
+(verl.utils.checkpoint.checkpoint_manager.get_checkpoint_tracker_filename)."""
 
 STEP_DIR = re.compile(r"global_step_(\d+)")
 
@@ -129,7 +131,8 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     """The steps of the global_step_<N> folders in `run_dir`, ascending."""
     if not run_dir.is_dir():
         return []
-    return sorted(int(match[1]) for path in run_dir.iterdir() if path.is_dir() and (match := STEP_DIR.fullmatch(path.name)))
+    matches = (STEP_DIR.fullmatch(path.name) for path in run_dir.iterdir() if path.is_dir())
+    return sorted(int(match[1]) for match in matches if match)
 
 
 def latest_complete(run_dir: Path) -> Path | None:
@@ -165,7 +168,8 @@ def prepare_resume(run_dir: Path, resume_mode: str, resume_from_path: str | None
         return None
     latest = latest_complete(run_dir)
     if isinstance(tracked, int):
-        problem = f"{TRACKER} names global_step_{tracked}, which is incomplete: {why_incomplete(step_dir(run_dir, tracked))}"
+        why = why_incomplete(step_dir(run_dir, tracked))
+        problem = f"{TRACKER} names global_step_{tracked}, which is incomplete: {why}"
     elif isinstance(tracked, str):
         problem = f"{TRACKER} cannot be read ({tracked[:40]!r}: it was cut short while being written)"
     elif latest is None:

@@ -16,7 +16,8 @@ verl has started Ray it reads the run's actors from Ray's GCS every `poll_s` sec
 point on Ray's private API). The first actor of this job found dead for a reason that is a fault
 (`fault_of`: its worker process died — killed, crashed, out of memory —, its node died, its creation failed;
 not an actor that ended because its handle went out of scope, its creator ended, or it was killed on purpose, as
-TransferQueue's are at the end) stops the run: the watchdog prints the cause as a `[lambda_grpo]` line (the console shows it at once) and
+TransferQueue's are at the end) stops the run: the watchdog prints the cause as a `[lambda_grpo]` line (the console
+shows it at once) and
 interrupts the driver's main thread, which is waiting in verl's `ray.get` on the TaskRunner. The driver then ends
 with the cause and exit status 1; Ray ends every actor and worker process of the job when its driver exits.
 
@@ -46,7 +47,8 @@ RAY_KILL (TransferQueue kills its actors at the end), OUT_OF_SCOPE, REF_DELETED,
 INTENDED_EXIT = "INTENDED_USER_EXIT"
 """Ray's worker exit type of an actor that ended itself (`ray.actor.exit_actor`): WORKER_DIED, but no fault."""
 
-OTHER_FAULTS = {"creation_task_failure_context": "its constructor raised", "oom_context": "Ray's memory monitor killed it",
+OTHER_FAULTS = {"creation_task_failure_context": "its constructor raised",
+                "oom_context": "Ray's memory monitor killed it",
                 "runtime_env_failed_context": "its runtime environment could not be set up",
                 "actor_unschedulable_context": "it cannot be scheduled"}
 """The other kinds of Ray's ActorDeathCause, each a fault."""

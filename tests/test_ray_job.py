@@ -61,7 +61,8 @@ def test_two_values_of_one_variable_are_refused(tiny_config, monkeypatch):
     with pytest.raises(ConfigError) as refused:
         merge_job_env(cfg)
     message = str(refused.value)
-    assert message.startswith("ray_kwargs.ray_init.runtime_env.env_vars: VERL_USE_EXTERNAL_MODULES='lambda_grpo.plugin'")
+    assert message.startswith(
+        "ray_kwargs.ray_init.runtime_env.env_vars: VERL_USE_EXTERNAL_MODULES='lambda_grpo.plugin'")
     assert "'lambda_grpo.plugin,my_plugin'" in message and "launch/runtime_env.yaml" in message
 
 
