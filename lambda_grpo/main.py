@@ -121,7 +121,7 @@ def run(cfg: DictConfig) -> None:
 
         run_ppo(cfg, task_runner_class=LambdaGRPOTaskRunner)
     except BaseException as error:  # noqa: BLE001  (every way a run ends reaches the console)
-        sys.exit(output.fail(error, watchdog.stop()))
+        sys.exit(output.fail(error, watchdog.stop(run_failed=True)))
     watchdog.stop()
     output.finish()
 

@@ -117,6 +117,7 @@ class Watchdog:
         self.read_dead = read_dead
         self.report = report
         self.fault: Fault | None = None
+        self.job_id: str | None = None
         self.lock = threading.Lock()
         self.finished = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="lambda_grpo-watchdog", daemon=True)
@@ -126,7 +127,7 @@ class Watchdog:
         return self
 
     def _watch(self) -> None:
-        job_id = self._wait_for_ray()
+        self.job_id = job_id = self._wait_for_ray()
         while job_id is not None and not self.finished.wait(self.poll_s):
             try:
                 message = first_fault(self.read_dead(job_id))
@@ -158,15 +159,24 @@ class Watchdog:
             _thread.interrupt_main()
         return True
 
-    def stop(self) -> Fault | None:
+    def stop(self, run_failed: bool = False) -> Fault | None:
         """Stop watching (the run has ended); the fault that stopped it, if any.
 
         An interrupt sent just before is absorbed here, so it cannot land in the error report that follows.
+        With `run_failed` (the run raised) and no fault seen yet, the actor table is read once more: when verl's own
+        `ray.get` raised on the dead actor before the next poll (ActorDiedError, at the end of a long traceback),
+        the run still ends naming the actor, its role and its node.
         """
         with self.lock:
             self.finished.set()
             fault = self.fault
-        if fault is not None:
+        if fault is None and run_failed and self.job_id is not None:
+            try:
+                message = first_fault(self.read_dead(self.job_id))
+            except Exception:  # noqa: BLE001  (Ray may be gone by now: the error itself is then what is reported)
+                message = None
+            self.fault = fault = Fault(message) if message else None
+        elif fault is not None:
             try:
                 time.sleep(0.2)
             except KeyboardInterrupt:

@@ -78,6 +78,22 @@ def test_a_fault_interrupts_the_main_thread_once(capsys):
     assert not watchdog.trip(Fault("later")) and watchdog.fault.exit_status == 1
 
 
+def test_a_run_verl_stopped_on_a_dead_actor_is_named_by_it():
+    """verl's ray.get may raise ActorDiedError before the next poll: the run that failed still names the actor."""
+    watchdog = Watchdog(poll_s=600, read_dead=lambda job: [died("OWNER_DIED", "AgentLoopWorker", end=9),
+                                                           died("WORKER_DIED", "WorkerDict", end=7)],
+                        report=lambda line: None)
+    watchdog._wait_for_ray = lambda: "01000000"
+    watchdog.start()
+    watchdog.thread.join(timeout=0.5)  # it waits `poll_s` before its first read
+    assert watchdog.job_id == "01000000"
+    fault = watchdog.stop(run_failed=True)
+    assert fault.exit_status == 1 and fault.message.startswith("Ray actor WorkerDict (a trainer rank")
+    quiet = Watchdog(poll_s=600, read_dead=lambda job: [died("WORKER_DIED")], report=lambda line: None)
+    quiet.job_id = "01000000"
+    assert quiet.stop() is None  # a run that finished: no look
+
+
 def test_a_stopped_watchdog_never_interrupts():
     watchdog = Watchdog(poll_s=0.01, read_dead=lambda job: [died("WORKER_DIED")], report=lambda line: None)
     watchdog.stop()
