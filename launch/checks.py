@@ -243,6 +243,8 @@ def check_job_succeeded(url: str, job_id: str) -> int:
         with urllib.request.urlopen(request, timeout=30) as response:
             info = json.load(response)
     except (urllib.error.URLError, OSError, ValueError) as error:
+        if isinstance(error, urllib.error.HTTPError) and error.code == 404:
+            return fail(f"job {job_id} was not created: its submission failed (the error is above)")
         return fail(f"could not read the status of job {job_id} from {url} ({error}); it may still be running: "
                     f"launch/submit status {job_id}")
     why = job_outcome(str(info.get("status")), info.get("message"), job_id)

@@ -650,6 +650,12 @@ def test_only_a_succeeded_job_is_success(tmp_path, monkeypatch, capsys, status, 
         assert err == ""
 
 
+def test_a_job_that_was_never_created_is_not_success(capsys):
+    with job_api_answering("SUCCEEDED", None) as (address, seen):
+        assert checks.check_job_succeeded(f"{address}/elsewhere", "lambda_grpo-1") == 1  # the stand-in answers 404
+    assert "job lambda_grpo-1 was not created" in capsys.readouterr().err
+
+
 def test_unreadable_job_status_is_not_success(capsys):
     assert checks.check_job_succeeded(f"http://127.0.0.1:{free_port()}", "lambda_grpo-1") == 1
     assert "could not read the status of job lambda_grpo-1" in capsys.readouterr().err
