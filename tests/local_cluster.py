@@ -153,7 +153,8 @@ class LocalCluster:
         self._next_port += len(NODE_PORTS) + WORKER_PORTS
         ports = dict(zip(NODE_PORTS, range(base, base + len(NODE_PORTS))))
         workers = base + len(NODE_PORTS)
-        return ["--node-manager-port", str(ports["node_manager"]), "--object-manager-port", str(ports["object_manager"]),
+        return ["--node-manager-port", str(ports["node_manager"]),
+                "--object-manager-port", str(ports["object_manager"]),
                 "--dashboard-agent-listen-port", str(ports["agent_http"]),
                 "--dashboard-agent-grpc-port", str(ports["agent_grpc"]),
                 "--runtime-env-agent-port", str(ports["runtime_env_agent"]),
@@ -265,7 +266,8 @@ class LocalCluster:
 
     def leftovers(self, before: set[int], timeout_s: float = 30) -> list[str]:
         """What still runs of a job that ended, after up to `timeout_s` (Ray ends a job's workers asynchronously):
-        its processes in the nodes' trees, and orphans (re-parented to init) of Ray or vLLM started since the cluster."""
+        its processes in the nodes' trees, and orphans (re-parented to init) of Ray or vLLM started since the
+        cluster."""
         deadline = time.monotonic() + timeout_s
         while True:
             left = self.job_processes(before) + [proc for proc in self.orphans() if proc.pid not in before]
@@ -365,17 +367,18 @@ class Job:
             self._last_rss = time.monotonic()
             self.peak_rss_gib = max(self.peak_rss_gib, self.cluster.total_rss_gib())
 
-    def wait_for(self, marker: str, timeout_s: float) -> float:
-        """Wait until the output holds `marker`; the seconds since submission."""
+    def wait_for(self, pattern: re.Pattern[str], timeout_s: float) -> re.Match[str]:
+        """Wait until the output matches `pattern`; the match."""
         deadline = time.monotonic() + timeout_s
-        while marker not in self.output():
+        while not (match := pattern.search(self.output())):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the job ended (exit {self.proc.returncode}) before {marker!r}:\n{self.output()[-4000:]}")
+                raise RuntimeError(f"the job ended (exit {self.proc.returncode}) before {pattern.pattern!r}:\n"
+                                   f"{self.output()[-4000:]}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no {marker!r} within {timeout_s:.0f} s:\n{self.output()[-4000:]}")
+                raise TimeoutError(f"no {pattern.pattern!r} within {timeout_s:.0f} s:\n{self.output()[-4000:]}")
             self.poll()
             time.sleep(0.2)
-        return time.monotonic() - self.started
+        return match
 
     def end(self, timeout_s: float) -> int | None:
         """Wait for `launch/submit` to return; its exit status, or None if it did not within `timeout_s`."""
