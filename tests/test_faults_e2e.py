@@ -122,7 +122,8 @@ def run_start(cluster: LocalCluster, run_dir: Path, number: int, logs: Path, fau
     return start
 
 
-STEP_LINE = re.compile(rf"^step (\d+)/{STEPS} ", re.MULTILINE)
+STEP_LINE = re.compile(rf"^step +(\d+)/{STEPS} ", re.MULTILINE)
+"""The console's line of a step (lambda_grpo.console: the number right-aligned to the width of the total)."""
 
 
 def first_step(job: Job) -> int:
