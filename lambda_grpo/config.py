@@ -30,6 +30,7 @@ CONFIG_MODULE = "lambda_grpo.configs"
 CONFIG_NAME = "lambda_grpo"
 LAMBDA_OPTIMIZER = ("lambda_grpo.learnable_lambda", "LambdaAdamW")
 REQUIRED_KEYS = ("data.train_files", "data.val_files", "actor_rollout_ref.model.path")
+TRAINER_MODES = ("sync", "colocate_async", "separate_async")
 
 
 class ConfigError(ValueError):
@@ -178,7 +179,7 @@ def _check_loss_wiring(cfg: DictConfig, options: WeightOptions) -> None:
 
 
 def _check_lambda(cfg: DictConfig, options: WeightOptions, n: int) -> None:
-    """What the learnable λ needs: its optimizer, checkpointed state, a safe range, a skip limit, no SP."""
+    """What the learnable λ needs: its optimizer, checkpointed state, a safe range and a skip limit."""
     actor = cfg.actor_rollout_ref.actor
     optimizer = (actor.optim.optimizer_impl, actor.optim.optimizer)
     if optimizer != LAMBDA_OPTIMIZER:
@@ -204,25 +205,93 @@ def _check_lambda(cfg: DictConfig, options: WeightOptions, n: int) -> None:
                     f"actor_rollout_ref.actor.checkpoint.{direction}: must include 'optimizer' (got {contents}); "
                     "λ is saved and restored with the actor's optimizer state"
                 )
-    if int(actor.get("ulysses_sequence_parallel_size", 1)) != 1:
-        raise ConfigError(
-            "actor_rollout_ref.actor.ulysses_sequence_parallel_size: must be 1 with the lambda scheme "
-            "(λ's gradient is averaged over all actor ranks, which equals the data-parallel group only "
-            "without sequence parallelism)"
-        )
 
 
 def _check_trainer(cfg: DictConfig) -> None:
-    if not cfg.trainer.use_v1 or cfg.trainer.v1.trainer_mode != "sync":
+    """verl's V1 trainer in any of its modes, an FSDP actor (with or without Ulysses SP), no distillation."""
+    mode = cfg.trainer.v1.trainer_mode
+    if not cfg.trainer.use_v1:
         raise ConfigError(
-            f"trainer.v1.trainer_mode: lambda_grpo runs verl's V1 sync trainer (trainer.use_v1=true, "
-            f"trainer.v1.trainer_mode=sync); got use_v1={cfg.trainer.use_v1}, mode={cfg.trainer.v1.trainer_mode!r}"
+            "trainer.use_v1: must be true (got false): lambda_grpo attaches to verl's V1 trainer; the legacy "
+            "trainer (main_ppo_v0) is deprecated in verl 0.9.1"
         )
+    if mode not in TRAINER_MODES:
+        raise ConfigError(
+            f"trainer.v1.trainer_mode: {mode!r} is not one of verl's V1 modes λ-GRPO was verified in "
+            f"({', '.join(TRAINER_MODES)})"
+        )
+    if mode == "separate_async":
+        _check_separate_async(cfg)
     if cfg.get("distillation") is not None and cfg.distillation.get("enabled", False):
         raise ConfigError("distillation.enabled: distillation replaces the policy loss; it cannot run with lambda_grpo")
-    if cfg.actor_rollout_ref.actor.strategy not in ("fsdp", "fsdp2"):
+    strategy = cfg.actor_rollout_ref.actor.strategy
+    if strategy not in ("fsdp", "fsdp2"):
         raise ConfigError(
-            f"actor_rollout_ref.actor.strategy: lambda_grpo supports fsdp and fsdp2 (got {cfg.actor_rollout_ref.actor.strategy!r})"
+            f"actor_rollout_ref.actor.strategy: lambda_grpo supports fsdp and fsdp2 (got {strategy!r}): λ's "
+            "gradient is averaged over every actor rank, which is the global-batch gradient when every rank "
+            "computes its micro-batches' whole loss (FSDP, Ulysses SP); other engines (megatron's pipeline and "
+            "tensor parallelism) compute it on some ranks only"
+        )
+    _check_sequence_parallel(cfg)
+
+
+def _check_separate_async(cfg: DictConfig) -> None:
+    """Where separate_async can run (not on CPU), then what verl's separate_async trainer asserts in its
+    constructor, checked before Ray starts."""
+    if cfg.trainer.device == "cpu":
+        raise ConfigError(
+            "trainer.v1.trainer_mode: separate_async cannot run on the CPU platform (trainer.device=cpu): it "
+            "sends the weights to the rollout's own devices through a checkpoint engine, and every verl 0.9.1 "
+            "engine but the colocated 'naive' one (nccl, hccl, nixl, mooncake, kimi_ckpt_engine, delta_sharded) "
+            "moves them over CUDA/RDMA; use sync or colocate_async on CPU"
+        )
+    node = cfg.trainer.v1.separate_async
+    rollout = cfg.actor_rollout_ref.rollout
+    train, mini, sync = int(cfg.data.train_batch_size), int(cfg.actor_rollout_ref.actor.ppo_mini_batch_size), int(
+        node.parameter_sync_step)
+    if train != sync * mini:
+        raise ConfigError(
+            f"trainer.v1.separate_async.parameter_sync_step: {sync} × actor.ppo_mini_batch_size {mini} must equal "
+            f"data.train_batch_size ({train}): each training step makes parameter_sync_step updates of one "
+            "mini-batch each, then syncs the weights to the rollout"
+        )
+    for key in ("nnodes", "n_gpus_per_node"):
+        if int(rollout[key]) <= 0:
+            raise ConfigError(
+                f"actor_rollout_ref.rollout.{key}: must be > 0 in separate_async (got {rollout[key]}): the rollout "
+                "runs on its own GPUs (actor_rollout_ref.rollout.nnodes × n_gpus_per_node)"
+            )
+    if rollout.checkpoint_engine.backend == "naive":
+        raise ConfigError(
+            "actor_rollout_ref.rollout.checkpoint_engine.backend: separate_async sends weights to the rollout's "
+            "own GPUs, which the in-process 'naive' backend cannot; use nccl"
+        )
+
+
+def sequence_parallel_size(cfg: DictConfig) -> int:
+    """The actor's Ulysses size: `actor.fsdp_config.ulysses_sequence_parallel_size`, or the deprecated
+    `actor.ulysses_sequence_parallel_size` that verl copies into it when > 1."""
+    actor = cfg.actor_rollout_ref.actor
+    return max(int(actor.get("ulysses_sequence_parallel_size", 1)),
+               int(actor.get("fsdp_config", {}).get("ulysses_sequence_parallel_size", 1)))
+
+
+def _check_sequence_parallel(cfg: DictConfig) -> None:
+    """Ulysses SP: verl's requirements, named before Ray starts (λ itself needs nothing more; README)."""
+    sp = sequence_parallel_size(cfg)
+    if sp == 1:
+        return
+    gpus = int(cfg.trainer.n_gpus_per_node) * int(cfg.trainer.nnodes)
+    if gpus % sp:
+        raise ConfigError(
+            f"actor_rollout_ref.actor.ulysses_sequence_parallel_size: {sp} must divide the actor's {gpus} GPUs "
+            "(trainer.n_gpus_per_node × trainer.nnodes): they form data-parallel groups of that many ranks"
+        )
+    if not cfg.actor_rollout_ref.model.use_remove_padding:
+        raise ConfigError(
+            f"actor_rollout_ref.model.use_remove_padding: must be true with ulysses_sequence_parallel_size={sp} "
+            "(verl's Ulysses splits the packed sequences of remove-padding, which needs flash-attn's varlen "
+            "kernels, hence a GPU: sequence parallelism cannot run on the CPU platform)"
         )
 
 
@@ -230,21 +299,25 @@ def _check_batch_sizes(cfg: DictConfig) -> None:
     actor = cfg.actor_rollout_ref.actor
     n = int(cfg.actor_rollout_ref.rollout.n)
     gpus = int(cfg.trainer.n_gpus_per_node) * int(cfg.trainer.nnodes)
+    sp = sequence_parallel_size(cfg)
+    dp = gpus // sp  # the ranks of one Ulysses group share their micro-batches
+    groups = f"{dp} data-parallel groups ({gpus} GPUs / ulysses_sequence_parallel_size {sp})" if sp > 1 else (
+        f"{gpus} GPUs (trainer.n_gpus_per_node × trainer.nnodes)")
     train, mini = int(cfg.data.train_batch_size), int(actor.ppo_mini_batch_size)
     if train % mini:
         raise ConfigError(
             f"actor_rollout_ref.actor.ppo_mini_batch_size: {mini} must divide data.train_batch_size ({train})"
         )
-    if (mini * n) % gpus:
+    if (mini * n) % dp:
         raise ConfigError(
             f"actor_rollout_ref.actor.ppo_mini_batch_size: {mini} prompts × rollout.n {n} = {mini * n} responses "
-            f"must divide over {gpus} GPUs (trainer.n_gpus_per_node × trainer.nnodes)"
+            f"must divide over {groups}"
         )
     micro = actor.get("ppo_micro_batch_size_per_gpu")
-    if not actor.use_dynamic_bsz and micro and (mini * n // gpus) % int(micro):
+    if not actor.use_dynamic_bsz and micro and (mini * n // dp) % int(micro):
         raise ConfigError(
             f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu: {micro} must divide the per-GPU mini-batch "
-            f"({mini * n // gpus} responses)"
+            f"({mini * n // dp} responses)"
         )
 
 
