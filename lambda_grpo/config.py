@@ -1,13 +1,18 @@
 """Compose and validate the training config (verl's `ppo_trainer` tree + `configs/`).
 
 `compose(overrides)` builds exactly what `python -m lambda_grpo.main <overrides>` trains with;
-`validate(cfg)` runs every start-up check, ours and then verl 0.9.1's own `validate_config`, in seconds
-and before Ray, models or data are touched. Each failure is a `ConfigError` whose message starts with the
-offending key and says how to fix it.
+`validate(cfg, choices=...)` runs every start-up check, ours and then verl 0.9.1's own `validate_config`,
+in seconds and before Ray starts: raw values (`config_values`), the options of the loss and of λ, their
+wiring into verl, batch sizes, and (with `check_paths`) the data files, model directories, reward function
+and checkpoint directory the run will read and write (`config_inputs`). Each failure is a one-line
+`ConfigError` that starts with the offending key and gives the value and the fix; legal but pointless
+settings come back as warnings.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata
 import json
 import os
@@ -17,11 +22,21 @@ from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lambda_grpo import VERL_VERSION
 from lambda_grpo import tiny_assets  # noqa: F401  (registers the ${lambda_grpo.tiny:...} resolver of tiny_cpu)
+from lambda_grpo.config_inputs import check_inputs
+from lambda_grpo.config_values import (
+    ConfigError,
+    Defaults,
+    check_against_defaults,
+    check_rules,
+    explain_compose_error,
+    read,
+)
 from lambda_grpo.learnable_lambda import LambdaOptions
 from lambda_grpo.surrogates import Surrogate, UnsupportedSurrogate, surrogate_for
 from lambda_grpo.weights import OptionError, WeightOptions, check_lambda_range
@@ -31,10 +46,9 @@ CONFIG_NAME = "lambda_grpo"
 LAMBDA_OPTIMIZER = ("lambda_grpo.learnable_lambda", "LambdaAdamW")
 REQUIRED_KEYS = ("data.train_files", "data.val_files", "actor_rollout_ref.model.path")
 TRAINER_MODES = ("sync", "colocate_async", "separate_async")
-
-
-class ConfigError(ValueError):
-    """An invalid training config; the message names the key."""
+LAMBDA_ONLY_OPTIONS = ("r", "normalization", "eps", "lambda_init", "lambda_lr", "lambda_bounds", "lambda_trainable",
+                       "lambda_follow_lr_schedule", "max_consecutive_skipped_steps")
+"""`lambda_grpo` options that only the lambda scheme reads (z, h and λ); the other schemes ignore them."""
 
 
 def config_dir() -> Path | None:
@@ -56,16 +70,18 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
 def compose_with_choices(overrides: Sequence[str] = ()) -> tuple[DictConfig, dict[str, str | None]]:
     """`compose`, plus the option Hydra chose for every config group (e.g. {"model_size": "qwen2_5_7b"})."""
     folder = config_dir()
-    context = (
-        initialize_config_dir(config_dir=str(folder), version_base=None)
-        if folder
-        else initialize_config_module(config_module=CONFIG_MODULE, version_base=None)
-    )
+    if GlobalHydra.instance().is_initialized():  # inside `python -m lambda_grpo.main`: its Hydra, same configs
+        context = contextlib.nullcontext()
+    elif folder:
+        context = initialize_config_dir(config_dir=str(folder), version_base=None)
+    else:
+        context = initialize_config_module(config_module=CONFIG_MODULE, version_base=None)
     try:
         with context:
             cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides), return_hydra_config=True)
     except HydraException as error:
-        raise ConfigError(str(error)) from error
+        default = defaults() if overrides else None  # the default groups always compose: no recursion
+        raise ConfigError(explain_compose_error(str(error), overrides, default)) from error
     choices = dict(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]
@@ -120,10 +136,34 @@ def policy_surrogate(cfg: DictConfig) -> Surrogate:
         raise ConfigError(f"actor_rollout_ref.actor.policy_loss.loss_mode: {error}") from error
 
 
-def validate(cfg: DictConfig, check_paths: bool = True) -> None:
-    """Every start-up check; raises ConfigError naming the key. `check_paths=False` skips file checks."""
+def defaults(choices: Mapping[str, str | None] | None = None) -> Defaults:
+    """What each key defaults to under these Hydra group choices: their config without value overrides.
+
+    `choices` as `compose_with_choices` returns them (or Hydra's runtime choices); None = the default groups.
+    Cached per choices: the result is shared, read it only.
+    """
+    groups = sorted(f"{group}={choice}" for group, choice in (choices or {}).items()
+                    if choice is not None and not group.startswith("hydra/") and ".." not in group)
+    return _defaults(tuple(groups))
+
+
+@functools.lru_cache(maxsize=16)
+def _defaults(groups: tuple[str, ...]) -> Defaults:
+    return Defaults.of(compose_with_choices(groups)[0])
+
+
+def validate(cfg: DictConfig, check_paths: bool = True, choices: Mapping[str, str | None] | None = None) -> list[str]:
+    """Every start-up check; raises ConfigError naming the key. Returns warnings (legal but pointless settings).
+
+    choices: the Hydra group choices `cfg` was composed with (None = the defaults), so that each value is
+    compared with its own default. check_paths=False skips the checks of files on this machine.
+    """
     _check_verl_version()
     _check_required(cfg)
+    check_rules(cfg)
+    default = defaults(choices)
+    warnings = check_against_defaults(cfg, default)
+    _check_lift(cfg)
     options = weight_options(cfg)
     lambda_options(cfg)
     _check_loss_wiring(cfg, options)
@@ -131,8 +171,9 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
     _check_batch_sizes(cfg)
     _check_checkpoint_dir(cfg)
     if check_paths:
-        _check_paths(cfg)
+        check_inputs(cfg)
     _check_with_verl(cfg)
+    return warnings + _pointless_settings(cfg, default)
 
 
 def _checked(cls: type, config_keys: Mapping[str, str], **values: Any) -> Any:
@@ -155,7 +196,7 @@ def _check_verl_version() -> None:
 
 
 def _check_required(cfg: DictConfig) -> None:
-    missing = [key for key in REQUIRED_KEYS if _is_unset(cfg, key)]
+    missing = [key for key in REQUIRED_KEYS if _is_unset(cfg, key) or OmegaConf.select(cfg, key) == []]
     if missing:
         raise ConfigError(f"{missing[0]}: required but not set (missing: {', '.join(missing)}); pass {missing[0]}=...")
 
@@ -179,7 +220,7 @@ def _check_loss_wiring(cfg: DictConfig, options: WeightOptions) -> None:
 
 
 def _check_lambda(cfg: DictConfig, options: WeightOptions, n: int) -> None:
-    """What the learnable λ needs: its optimizer, checkpointed state, a safe range and a skip limit."""
+    """What the learnable λ needs: its optimizer, checkpointed state and a safe range."""
     actor = cfg.actor_rollout_ref.actor
     optimizer = (actor.optim.optimizer_impl, actor.optim.optimizer)
     if optimizer != LAMBDA_OPTIMIZER:
@@ -191,12 +232,6 @@ def _check_lambda(cfg: DictConfig, options: WeightOptions, n: int) -> None:
         check_lambda_range(lambda_options(cfg).bounds, options.r, n)
     except ValueError as error:
         raise ConfigError(f"lambda_grpo.lambda_bounds: {error}") from error
-    limit = cfg.lambda_grpo.max_consecutive_skipped_steps
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ConfigError(
-            f"lambda_grpo.max_consecutive_skipped_steps: must be an integer >= 1 (got {limit!r}): the number of "
-            "training steps in a row in which λ may skip an update before the run stops"
-        )
     if bool(cfg.lambda_grpo.lambda_trainable):
         for direction in ("save_contents", "load_contents"):
             contents = list(actor.checkpoint.get(direction) or [])
@@ -207,30 +242,61 @@ def _check_lambda(cfg: DictConfig, options: WeightOptions, n: int) -> None:
                 )
 
 
+def _check_lift(cfg: DictConfig) -> None:
+    r = read(cfg, "lambda_grpo.r")
+    if cfg.lambda_grpo.scheme == "lambda" and r == 0:
+        raise ConfigError(
+            "lambda_grpo.r: 0 makes h_i = 1 + r·z_i = 1 for every response, so every weight is 1 whatever λ is "
+            "(DAPO, with a λ that never gets a gradient); use r > 0 (the paper's 1/9 is the default), or algo=dapo"
+        )
+
+
+def _pointless_settings(cfg: DictConfig, default: Defaults) -> list[str]:
+    """Legal values that do nothing or undo the method: one warning each."""
+    warnings = []
+    scheme = cfg.lambda_grpo.scheme
+    if scheme != "lambda":
+        given = OmegaConf.to_container(cfg.lambda_grpo, resolve=True)
+        for name in LAMBDA_ONLY_OPTIONS:
+            if given[name] != default.values["lambda_grpo"][name]:
+                warnings.append(f"lambda_grpo.{name}={given[name]} has no effect with lambda_grpo.scheme={scheme} "
+                                "(only the lambda scheme has z, h and λ); drop it, or use algo=lambda_grpo")
+    if read(cfg, "actor_rollout_ref.actor.optim.lr") == 0:
+        warnings.append("actor_rollout_ref.actor.optim.lr=0: the policy never changes; set a positive learning rate")
+    if scheme == "lambda" and read(cfg, "lambda_grpo.lambda_trainable") and read(cfg, "lambda_grpo.lambda_lr") == 0:
+        warnings.append("lambda_grpo.lambda_lr=0: λ never moves although lambda_trainable=true; for a fixed λ "
+                        "set lambda_grpo.lambda_trainable=false")
+    if read(cfg, "actor_rollout_ref.rollout.temperature") == 0:
+        warnings.append("actor_rollout_ref.rollout.temperature=0: greedy sampling gives every response of a group "
+                        "the same text, so every advantage is 0 and nothing is learned; use a temperature > 0 (1.0)")
+    return warnings
+
+
 def _check_trainer(cfg: DictConfig) -> None:
     """verl's V1 trainer in any of its modes, an FSDP actor (with or without Ulysses SP), no distillation."""
-    mode = cfg.trainer.v1.trainer_mode
-    if not cfg.trainer.use_v1:
+    if not read(cfg, "trainer.use_v1"):
         raise ConfigError(
-            "trainer.use_v1: must be true (got false): lambda_grpo attaches to verl's V1 trainer; the legacy "
-            "trainer (main_ppo_v0) is deprecated in verl 0.9.1"
+            "trainer.use_v1: must be true (got false): lambda_grpo attaches to verl's V1 trainer, and the legacy "
+            "trainer (main_ppo_v0) is deprecated in verl 0.9.1; drop the override"
         )
+    mode = cfg.trainer.v1.trainer_mode
     if mode not in TRAINER_MODES:
         raise ConfigError(
-            f"trainer.v1.trainer_mode: {mode!r} is not one of verl's V1 modes λ-GRPO was verified in "
-            f"({', '.join(TRAINER_MODES)})"
+            f"trainer.v1.trainer_mode: not a verl 0.9.1 V1 trainer mode (got {mode!r}); use one of "
+            f"{', '.join(TRAINER_MODES)}"
         )
     if mode == "separate_async":
         _check_separate_async(cfg)
     if cfg.get("distillation") is not None and cfg.distillation.get("enabled", False):
-        raise ConfigError("distillation.enabled: distillation replaces the policy loss; it cannot run with lambda_grpo")
+        raise ConfigError("distillation.enabled: distillation replaces the policy loss, so it cannot run with "
+                          "lambda_grpo (got true); set distillation.enabled=false")
     strategy = cfg.actor_rollout_ref.actor.strategy
     if strategy not in ("fsdp", "fsdp2"):
         raise ConfigError(
-            f"actor_rollout_ref.actor.strategy: lambda_grpo supports fsdp and fsdp2 (got {strategy!r}): λ's "
-            "gradient is averaged over every actor rank, which is the global-batch gradient when every rank "
-            "computes its micro-batches' whole loss (FSDP, Ulysses SP); other engines (megatron's pipeline and "
-            "tensor parallelism) compute it on some ranks only"
+            f"actor_rollout_ref.actor.strategy: must be fsdp or fsdp2 (got {strategy!r}): λ's gradient is averaged "
+            "over every actor rank, which is the global-batch gradient when every rank computes its micro-batches' "
+            "whole loss (FSDP, Ulysses SP), while megatron's pipeline and tensor parallelism compute it on some "
+            "ranks only; use actor_rollout_ref.actor.strategy=fsdp2"
         )
     _check_sequence_parallel(cfg)
 
@@ -240,40 +306,44 @@ def _check_separate_async(cfg: DictConfig) -> None:
     constructor, checked before Ray starts."""
     if cfg.trainer.device == "cpu":
         raise ConfigError(
-            "trainer.v1.trainer_mode: separate_async cannot run on the CPU platform (trainer.device=cpu): it "
-            "sends the weights to the rollout's own devices through a checkpoint engine, and every verl 0.9.1 "
-            "engine but the colocated 'naive' one (nccl, hccl, nixl, mooncake, kimi_ckpt_engine, delta_sharded) "
-            "moves them over CUDA/RDMA; use sync or colocate_async on CPU"
+            "trainer.v1.trainer_mode: separate_async cannot run on the CPU platform (got separate_async with "
+            "trainer.device=cpu): it sends the weights to the rollout's own devices through a checkpoint engine, "
+            "and every verl 0.9.1 engine but the colocated 'naive' one (nccl, hccl, nixl, mooncake, "
+            "kimi_ckpt_engine, delta_sharded) moves them over CUDA or RDMA; use sync or colocate_async on CPU"
         )
-    node = cfg.trainer.v1.separate_async
-    rollout = cfg.actor_rollout_ref.rollout
-    train, mini, sync = int(cfg.data.train_batch_size), int(cfg.actor_rollout_ref.actor.ppo_mini_batch_size), int(
-        node.parameter_sync_step)
+    train, mini = read(cfg, "data.train_batch_size"), read(cfg, "actor_rollout_ref.actor.ppo_mini_batch_size")
+    sync = read(cfg, "trainer.v1.separate_async.parameter_sync_step")
     if train != sync * mini:
         raise ConfigError(
-            f"trainer.v1.separate_async.parameter_sync_step: {sync} × actor.ppo_mini_batch_size {mini} must equal "
-            f"data.train_batch_size ({train}): each training step makes parameter_sync_step updates of one "
-            "mini-batch each, then syncs the weights to the rollout"
+            f"trainer.v1.separate_async.parameter_sync_step: it × actor_rollout_ref.actor.ppo_mini_batch_size ({mini}) "
+            f"must equal data.train_batch_size ({train}), since a training step makes parameter_sync_step updates "
+            f"of one mini-batch each, then syncs the rollout's weights (got {sync}); set it to {train // mini}"
+            if train % mini == 0 else
+            f"trainer.v1.separate_async.parameter_sync_step: it × actor_rollout_ref.actor.ppo_mini_batch_size ({mini}) "
+            f"must equal data.train_batch_size ({train}) (got {sync}); make the mini-batch divide the batch"
         )
-    for key in ("nnodes", "n_gpus_per_node"):
-        if int(rollout[key]) <= 0:
+    for key in ("actor_rollout_ref.rollout.nnodes", "actor_rollout_ref.rollout.n_gpus_per_node"):
+        if read(cfg, key) == 0:
             raise ConfigError(
-                f"actor_rollout_ref.rollout.{key}: must be > 0 in separate_async (got {rollout[key]}): the rollout "
-                "runs on its own GPUs (actor_rollout_ref.rollout.nnodes × n_gpus_per_node)"
+                f"{key}: must be > 0 in separate_async, where the rollout runs on its own GPUs "
+                "(actor_rollout_ref.rollout.nnodes × n_gpus_per_node) (got 0); set both"
             )
-    if rollout.checkpoint_engine.backend == "naive":
+    if cfg.actor_rollout_ref.rollout.checkpoint_engine.backend == "naive":
         raise ConfigError(
-            "actor_rollout_ref.rollout.checkpoint_engine.backend: separate_async sends weights to the rollout's "
-            "own GPUs, which the in-process 'naive' backend cannot; use nccl"
+            "actor_rollout_ref.rollout.checkpoint_engine.backend: separate_async sends the weights to the rollout's "
+            "own GPUs, which the in-process 'naive' engine cannot (got naive); use nccl"
         )
+
+
+SEQUENCE_PARALLEL_KEYS = ("actor_rollout_ref.actor.ulysses_sequence_parallel_size",
+                          "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size")
+"""Where verl 0.9.1 reads the actor's Ulysses size: the engine's own key, and the deprecated actor key that
+verl copies into it when > 1."""
 
 
 def sequence_parallel_size(cfg: DictConfig) -> int:
-    """The actor's Ulysses size: `actor.fsdp_config.ulysses_sequence_parallel_size`, or the deprecated
-    `actor.ulysses_sequence_parallel_size` that verl copies into it when > 1."""
-    actor = cfg.actor_rollout_ref.actor
-    return max(int(actor.get("ulysses_sequence_parallel_size", 1)),
-               int(actor.get("fsdp_config", {}).get("ulysses_sequence_parallel_size", 1)))
+    """The actor's Ulysses size (the larger of SEQUENCE_PARALLEL_KEYS, as verl's copy makes it)."""
+    return max(read(cfg, key) for key in SEQUENCE_PARALLEL_KEYS)
 
 
 def _check_sequence_parallel(cfg: DictConfig) -> None:
@@ -281,17 +351,19 @@ def _check_sequence_parallel(cfg: DictConfig) -> None:
     sp = sequence_parallel_size(cfg)
     if sp == 1:
         return
-    gpus = int(cfg.trainer.n_gpus_per_node) * int(cfg.trainer.nnodes)
+    gpus = read(cfg, "trainer.n_gpus_per_node") * read(cfg, "trainer.nnodes")
     if gpus % sp:
         raise ConfigError(
-            f"actor_rollout_ref.actor.ulysses_sequence_parallel_size: {sp} must divide the actor's {gpus} GPUs "
-            "(trainer.n_gpus_per_node × trainer.nnodes): they form data-parallel groups of that many ranks"
+            f"actor_rollout_ref.actor.ulysses_sequence_parallel_size: must divide the actor's {gpus} GPUs "
+            f"(trainer.n_gpus_per_node × trainer.nnodes), which form sequence-parallel groups of that size "
+            f"(got {sp}); use a divisor of {gpus}"
         )
     if not cfg.actor_rollout_ref.model.use_remove_padding:
         raise ConfigError(
-            f"actor_rollout_ref.model.use_remove_padding: must be true with ulysses_sequence_parallel_size={sp} "
-            "(verl's Ulysses splits the packed sequences of remove-padding, which needs flash-attn's varlen "
-            "kernels, hence a GPU: sequence parallelism cannot run on the CPU platform)"
+            f"actor_rollout_ref.model.use_remove_padding: must be true with ulysses_sequence_parallel_size={sp}, "
+            "since verl's Ulysses splits the packed sequences of remove-padding, which needs flash-attn's varlen "
+            "kernels, hence a GPU: sequence parallelism cannot run on the CPU platform (got false); set it to true "
+            "on GPUs, or ulysses_sequence_parallel_size=1"
         )
 
 
@@ -338,37 +410,18 @@ def _check_checkpoint_dir(cfg: DictConfig) -> None:
         )
 
 
-def _check_paths(cfg: DictConfig) -> None:
-    for key in ("data.train_files", "data.val_files"):
-        files = OmegaConf.select(cfg, key)
-        for path in [files] if isinstance(files, str) else list(files or []):
-            if _is_local(path) and not os.path.exists(os.path.expanduser(path)):
-                raise ConfigError(f"{key}: {path} does not exist (prepare it with `python -m lambda_grpo.data prepare`)")
-    model_path = cfg.actor_rollout_ref.model.path
-    if _looks_like_local_path(model_path) and not os.path.exists(os.path.expanduser(model_path)):
-        raise ConfigError(f"actor_rollout_ref.model.path: {model_path} does not exist")
-
-
 def _check_with_verl(cfg: DictConfig) -> None:
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
     try:
         validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
-    except (AssertionError, ValueError, TypeError) as error:
-        raise ConfigError(f"verl's validate_config rejected the config: {error}") from error
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path
+    except (AssertionError, ValueError, TypeError, HydraException) as error:
+        message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        raise ConfigError(f"verl's validate_config rejected the config: {message}") from error
 
 
 def _is_unset(cfg: DictConfig, key: str) -> bool:
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_key)
     return parent is None or leaf not in parent or OmegaConf.is_missing(parent, leaf) or parent[leaf] in (None, "")
-
-
-def _looks_like_local_path(path: str) -> bool:
-    """A model path meant as a directory; a hub id like Qwen/Qwen2.5-7B is not one."""
-    return path.startswith(("/", "./", "../", "~"))

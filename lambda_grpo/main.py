@@ -6,21 +6,34 @@
     launch/submit model_size=qwen2_5_7b algo=lambda_grpo trainer.nnodes=2  # a Ray cluster (ray job submit)
 
 Config groups: model_size=qwen2_5_1_5b|qwen2_5_3b|qwen2_5_7b|tiny_cpu|tiny_gpu, algo=lambda_grpo|grpo|dapo|dr_grpo;
-every verl key stays overridable as with `python -m verl.trainer.main_ppo`. The config is validated
-before Ray starts (lambda_grpo.config.validate); without RAY_ADDRESS a local Ray instance is started,
-with it the job joins that cluster.
+every verl key stays overridable as with `python -m verl.trainer.main_ppo`. Before Ray starts, in seconds,
+the config, its data files, model directories and checkpoint directory are validated
+(lambda_grpo.config.validate), and, when this run starts its own Ray (no RAY_ADDRESS, no cluster to join),
+that this machine has the devices and CPUs verl will reserve (lambda_grpo.local_ray). A failure prints one
+line, `lambda_grpo: invalid config: <key>: <problem> (got <value>); <fix>`, and exits with status 2; legal
+but pointless settings print `lambda_grpo: warning: ...` and the run goes on.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from lambda_grpo import run_files
-from lambda_grpo.config import CONFIG_MODULE, CONFIG_NAME, ConfigError, apply_choices, config_dir, validate
+from lambda_grpo.config import (
+    CONFIG_MODULE,
+    CONFIG_NAME,
+    ConfigError,
+    apply_choices,
+    compose_with_choices,
+    config_dir,
+    validate,
+)
+from lambda_grpo.local_ray import check_local_ray
 from lambda_grpo.local_ray_token import secure_local_token
 from lambda_grpo.run_output import RunOutput
 
@@ -28,15 +41,43 @@ from lambda_grpo.run_output import RunOutput
 CONFIG_PATH = str(config_dir() or f"pkg://{CONFIG_MODULE}")
 
 
+def main() -> None:
+    """The command line's overrides must compose (else one line, exit 2); then Hydra runs `train`.
+
+    Hydra prints its own composition errors over several lines (and advises a `+` for a misspelt key);
+    composing first turns them into one line with a did-you-mean. Hydra's flags (--cfg, --help, -m)
+    go to Hydra untouched.
+    """
+    overrides = sys.argv[1:]
+    if not any(argument.startswith("-") for argument in overrides):
+        try:
+            compose_with_choices(overrides)
+        except ConfigError as error:
+            _refuse(error)
+    train()
+
+
 @hydra.main(config_path=CONFIG_PATH, config_name=CONFIG_NAME, version_base=None)
-def main(cfg: DictConfig) -> None:
-    apply_choices(cfg, HydraConfig.get().runtime.choices)
+def train(cfg: DictConfig) -> None:
+    """Validate (warnings printed, errors one line and exit 2), check this machine, then run."""
+    choices = HydraConfig.get().runtime.choices
+    apply_choices(cfg, choices)
     try:
-        validate(cfg)
+        for warning in validate(cfg, choices=choices):
+            print(f"lambda_grpo: warning: {_one_line(warning)}", file=sys.stderr)
+        check_local_ray(cfg)
     except ConfigError as error:
-        print(f"lambda_grpo: invalid config: {error}", file=sys.stderr)
-        sys.exit(2)
+        _refuse(error)
     run(cfg)
+
+
+def _refuse(error: ConfigError) -> NoReturn:
+    print(f"lambda_grpo: invalid config: {_one_line(error)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _one_line(message: object) -> str:
+    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
 def run(cfg: DictConfig) -> None:

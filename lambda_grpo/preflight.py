@@ -135,7 +135,7 @@ def compose_and_validate(overrides: Sequence[str]):
     from lambda_grpo.config import compose_with_choices, validate
 
     cfg, choices = compose_with_choices(list(overrides))
-    validate(cfg, check_paths=False)
+    validate(cfg, check_paths=False, choices=choices)
     return cfg, choices
 
 

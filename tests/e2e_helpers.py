@@ -18,6 +18,7 @@ import math
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -62,22 +63,28 @@ class RunResult:
         return self.console_text() + run_log
 
 
-def kill_process_tree(root_pid: int, known: Iterable[psutil.Process] = ()) -> int:
-    """SIGKILL `root_pid`, its descendants and `known` processes; return how many were alive."""
-    procs = {p.pid: p for p in known if p.is_running()}
+def kill_process_tree(root: subprocess.Popen, known: Iterable[psutil.Process] = ()) -> int:
+    """SIGKILL `root` (unless it has exited), its descendants and `known` processes; return how many were alive.
+
+    `root`'s exit status is kept: it is reaped through `root` itself, never through psutil (a psutil wait on
+    a child takes its status, and Popen then reports 0 for a run that failed).
+    """
+    root.poll()
+    procs = {p.pid: p for p in known if p.pid != root.pid and p.is_running()}
     try:
-        root = psutil.Process(root_pid)
-        procs[root.pid] = root
-        procs.update({child.pid: child for child in root.children(recursive=True)})
+        procs.update({child.pid: child for child in psutil.Process(root.pid).children(recursive=True)})
     except psutil.NoSuchProcess:
         pass
+    if root.returncode is None:
+        root.kill()
     for proc in procs.values():
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(list(procs.values()), timeout=15)
-    return len(procs)
+    root.wait()
+    return len(procs) + (root.returncode == -signal.SIGKILL)
 
 
 def run_logged(
@@ -138,8 +145,7 @@ def run_logged(
                     log.write(f"\n[e2e] TIMEOUT after {timeout_s:.0f} s: killing the run\n")
                     break
         finally:
-            killed = kill_process_tree(proc.pid, seen.values())
-            proc.wait()
+            killed = kill_process_tree(proc, seen.values())
             log.write(f"[e2e] cleaned up {killed} processes\n")
     wall = time.monotonic() - start
     returncode = -9 if timed_out else proc.returncode

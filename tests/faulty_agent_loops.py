@@ -1,4 +1,4 @@
-"""Test-only agent loops: `seeded_single_turn_agent` with the faults real runs meet, made deterministic.
+"""Test-only agent loops: `seeded_chat_turn_agent` with the faults real runs meet, made deterministic.
 
 - `failing_seeded_agent`: the first response of every prompt fails. verl 0.9.1's V1 sync replay buffer keeps a
   group whose session failed, with the responses that did finish (it refills failed groups only with
@@ -19,14 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
-from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
-from lambda_grpo.seeded_agent_loop import SeededSingleTurnAgentLoop, response_seed
+from lambda_grpo.agent_loop import SeededChatTurnAgentLoop
 
 
 @register("failing_seeded_agent")
-class FailingFirstResponseAgentLoop(SeededSingleTurnAgentLoop):
-    """Raises for response 0 of every prompt; the others are sampled as `seeded_single_turn_agent` samples them."""
+class FailingFirstResponseAgentLoop(SeededChatTurnAgentLoop):
+    """Raises for response 0 of every prompt; the others are sampled as `seeded_chat_turn_agent` samples them."""
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
         if int(kwargs["session_id"]) == 0:
@@ -35,12 +34,10 @@ class FailingFirstResponseAgentLoop(SeededSingleTurnAgentLoop):
 
 
 @register("constant_group_seeded_agent")
-class ConstantGroupAgentLoop(SeededSingleTurnAgentLoop):
+class ConstantGroupAgentLoop(SeededChatTurnAgentLoop):
     """Every response to a prompt at an even dataset index is sampled as its response 0 (one seed)."""
 
-    async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
-        index = int(kwargs["index"])
-        if index % 2:
-            return await super().run(sampling_params, **kwargs)
-        seed = response_seed(int(self.rollout_config.seed), index, 0)
-        return await SingleTurnAgentLoop.run(self, {**sampling_params, "seed": seed}, **kwargs)
+    def request_params(self, sampling_params: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+        if int(fields["index"]) % 2 == 0:
+            fields = {**fields, "session_id": 0}
+        return super().request_params(sampling_params, fields)

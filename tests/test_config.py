@@ -2,6 +2,7 @@
 
 import importlib.metadata
 import importlib.resources
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,8 +13,18 @@ import yaml
 from omegaconf import OmegaConf
 
 from lambda_grpo import config as config_module
-from lambda_grpo.config import ConfigError, compose, lambda_options, policy_surrogate, validate, weight_options
+from lambda_grpo.config import (
+    ConfigError,
+    compose,
+    compose_with_choices,
+    lambda_options,
+    policy_surrogate,
+    validate,
+    weight_options,
+)
 from lambda_grpo.surrogates import SURROGATES
+
+from startup_helpers import run_inputs
 
 SIZES = ["qwen2_5_1_5b", "qwen2_5_3b", "qwen2_5_7b"]
 ALGOS = {"lambda_grpo": "lambda", "grpo": "grpo", "dapo": "dapo", "dr_grpo": "dr_grpo"}
@@ -22,17 +33,15 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    for name in ("train.parquet", "test.parquet"):
-        (folder / name).write_bytes(b"")
-    return [f"data.train_files={folder / 'train.parquet'}", f"data.val_files={folder / 'test.parquet'}"]
+    """A train file that fills one batch (1024 prompts), a val file and a checkpoint dir, in a temp folder."""
+    return run_inputs(tmp_path_factory.mktemp("data"))
 
 
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("size", SIZES)
 def test_every_size_and_algo_composes_and_passes_verl_validation(size, algo, data_files):
-    cfg = compose([f"model_size={size}", f"algo={algo}", *data_files])
-    validate(cfg)  # ours, then verl 0.9.1's validate_config
+    cfg, choices = compose_with_choices([f"model_size={size}", f"algo={algo}", *data_files])
+    assert validate(cfg, choices=choices) == []  # ours, then verl 0.9.1's validate_config; nothing to warn about
     assert cfg.lambda_grpo.scheme == ALGOS[algo]
     assert cfg.trainer.experiment_name == f"{algo}-{size}"
     assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode == "vanilla"
@@ -86,7 +95,6 @@ def test_global_group_files_set_disjoint_keys():
 def test_configs_are_shipped_in_the_package_and_the_wheel(tmp_path):
     shipped = importlib.resources.files("lambda_grpo.configs")
     assert (shipped / "lambda_grpo.yaml").is_file() and (shipped / "algo" / "lambda_grpo.yaml").is_file()
-    import shutil
 
     root, source = Path(__file__).resolve().parents[1], tmp_path / "source"  # setuptools writes build/ in the source
     for folder in ("lambda_grpo", "configs"):
@@ -173,11 +181,27 @@ def test_missing_and_nonexistent_paths(data_files, tmp_path):
         validate(compose([*data_files, f"actor_rollout_ref.model.path={tmp_path / 'no-model'}"]))
 
 
-def test_unknown_group_choices_name_the_group():
-    with pytest.raises(ConfigError, match="Could not find 'algo/gspo'"):
-        compose(["algo=gspo"])
-    with pytest.raises(ConfigError, match="Could not find 'model_size/qwen3_8b'"):
-        compose(["model_size=qwen3_8b"])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["algo=gspo"], "algo: no option 'gspo' (no algo/gspo.yaml); choose one of dapo, dr_grpo, grpo, lambda_grpo"),
+        (["model_size=qwen3_8b"], "model_size: no option 'qwen3_8b' (no model_size/qwen3_8b.yaml); choose one of "
+                                  "qwen2_5_1_5b, qwen2_5_3b, qwen2_5_7b, tiny_cpu"),
+        (["trainer.nnode=2"], "trainer.nnode: no such key; did you mean trainer.nnodes? (a new key needs a leading +, "
+                              "e.g. +trainer.nnode=...)"),
+        (["tranier.nnodes=2"], "tranier.nnodes: no such key; did you mean trainer.nnodes?"),
+        (["+trainer.nnodes=2"], "trainer.nnodes: exists already, so set it without the leading + (trainer.nnodes=...)"),
+        (["trainer.nnodes"], "trainer.nnodes: cannot parse 'trainer.nnodes' (Error parsing override 'trainer.nnodes'; "
+                             "missing EQUAL at '<EOF>'); write key=value"),
+        (["algo=dapo", "lambda_grpo.lambda_bounds=[1,"], "lambda_grpo.lambda_bounds: cannot parse "
+                                                         "'lambda_grpo.lambda_bounds=[1,'"),
+    ],
+)
+def test_overrides_that_do_not_compose_are_one_line_naming_the_key(overrides, message):
+    """Hydra's own messages run over several lines and advise a + for a misspelt key."""
+    with pytest.raises(ConfigError) as error:
+        compose(overrides)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value), str(error.value)
 
 
 def test_other_verl_version_is_refused(monkeypatch, data_files):
@@ -198,15 +222,14 @@ def test_options_handed_to_the_loss_and_the_optimizer(data_files):
 
 def test_relative_checkpoint_dir_is_refused_inside_a_ray_job_with_an_uploaded_working_dir(monkeypatch, data_files):
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"runtime_env": {"working_dir": "gcs://_ray_pkg_1.zip"}}')
+    data = [override for override in data_files if not override.startswith("trainer.default_local_dir=")]
     with pytest.raises(ConfigError, match="^trainer.default_local_dir: checkpoints/lambda_grpo/.* is relative"):
-        validate(compose(data_files))
-    validate(compose([*data_files, "trainer.default_local_dir=/shared/checkpoints/run"]))
+        validate(compose(data))
+    validate(compose(data_files))  # absolute
 
 
 def test_configs_beside_the_imported_code_win_over_the_installed_copy(tmp_path):
     """A Ray job runs an uploaded copy of the repository: its configs, not the installed ones, must apply."""
-    import shutil
-
     root = CONFIG_DIR.parent
     shutil.copytree(root / "lambda_grpo", tmp_path / "lambda_grpo", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(CONFIG_DIR, tmp_path / "configs", ignore=shutil.ignore_patterns("__pycache__"))
@@ -235,3 +258,84 @@ def test_refusals_say_why_and_a_listed_custom_surrogate_starts(data_files):
     cfg = compose(["actor_rollout_ref.actor.policy_loss.loss_mode=my_plugin_loss",
                    "lambda_grpo.custom_surrogates=[my_plugin_loss]", *data_files])
     assert policy_surrogate(cfg).loss_mode == "my_plugin_loss"
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 14 §2: every bad value is one line naming the key, the value and the fix, before Ray starts.
+
+BAD_VALUES = [
+    # non-numeric numbers
+    (["lambda_grpo.r=abc"], "lambda_grpo.r: must be a number (got the string 'abc'", "write e.g. lambda_grpo.r="),
+    (["lambda_grpo.lambda_lr=1/100"], "lambda_grpo.lambda_lr: must be a number (got the string '1/100'",
+     "(a decimal, not a fraction)"),
+    (["data.train_batch_size=many"], "data.train_batch_size: must be a whole number (got the string 'many'",
+     "write e.g. data.train_batch_size=1024"),
+    (["actor_rollout_ref.actor.clip_ratio=wide"], "actor_rollout_ref.actor.clip_ratio: must be a number (got the str",
+     "write e.g. actor_rollout_ref.actor.clip_ratio=0.2"),
+    # lambda_bounds of the wrong shape
+    (["lambda_grpo.lambda_bounds=5"], "lambda_grpo.lambda_bounds: must be two numbers [low, high] (got 5",
+     "write e.g. lambda_grpo.lambda_bounds=[-10,10]"),
+    (["lambda_grpo.lambda_bounds=[-1,0,1]"], "lambda_grpo.lambda_bounds: must be two numbers [low, high] (got [-1, 0,",
+     "write e.g. lambda_grpo.lambda_bounds=[-10,10]"),
+    # zero counts that divide
+    (["actor_rollout_ref.actor.ppo_mini_batch_size=0"], "actor_rollout_ref.actor.ppo_mini_batch_size: must be >= 1 (",
+     "write e.g. actor_rollout_ref.actor.ppo_mini_batch_size=256"),
+    (["trainer.nnodes=0"], "trainer.nnodes: must be >= 1 (got 0", "write e.g. trainer.nnodes=1"),
+    (["trainer.n_gpus_per_node=0"], "trainer.n_gpus_per_node: must be >= 1 (got 0", "write e.g. trainer.n_gpus_per"),
+    # rollout.n=0 is rollout.n's fault, not lambda_grpo.r's
+    (["actor_rollout_ref.rollout.n=0"], "actor_rollout_ref.rollout.n: must be >= 1 (got 0",
+     "write e.g. actor_rollout_ref.rollout.n=8"),
+    # booleans given words (bool('no') is True)
+    (["lambda_grpo.lambda_trainable=no"], "lambda_grpo.lambda_trainable: must be true or false (got the string 'no')",
+     "write lambda_grpo.lambda_trainable=false, unquoted"),
+    (["lambda_grpo.lambda_follow_lr_schedule='false'"],
+     "lambda_grpo.lambda_follow_lr_schedule: must be true or false (got the string 'false')", "=false, unquoted"),
+    (["actor_rollout_ref.actor.use_kl_loss=no"], "actor_rollout_ref.actor.use_kl_loss: must be true or false",
+     "write actor_rollout_ref.actor.use_kl_loss=false, unquoted"),
+    (["trainer.val_before_train='false'"], "trainer.val_before_train: must be true or false", "=false, unquoted"),
+    # a negative learning rate
+    (["actor_rollout_ref.actor.optim.lr=-1e-6"], "actor_rollout_ref.actor.optim.lr: must be >= 0 (got -1e-06",
+     "write e.g. actor_rollout_ref.actor.optim.lr=1e-06"),
+    # unknown keys
+    (["+lambda_grpo.lamda_lr=0.1"], "lambda_grpo.lamda_lr: unknown key, the lambda_grpo node has no 'lamda_lr'",
+     "did you mean lambda_grpo.lambda_lr?"),
+    (["+actor_rollout_ref.actor.clip_ratio_hgh=0.3"], "actor_rollout_ref.actor.clip_ratio_hgh: unknown key",
+     "did you mean actor_rollout_ref.actor.clip_ratio_high?"),
+    # r = 0 makes λ meaningless
+    (["lambda_grpo.r=0"], "lambda_grpo.r: 0 makes h_i = 1 + r·z_i = 1 for every response", "or algo=dapo"),
+    # an interpolation that does not resolve (verl resolves the config only inside Ray)
+    (["data.max_prompt_length=${nowhere}"], "data.max_prompt_length: Interpolation key 'nowhere' not found", ""),
+    # non-finite numbers
+    (["lambda_grpo.lambda_init=nan"], "lambda_grpo.lambda_init: must be finite (got nan", "write e.g."),
+]
+
+
+@pytest.mark.parametrize(("overrides", "start", "fix"), BAD_VALUES, ids=[" ".join(o) for o, _, _ in BAD_VALUES])
+def test_bad_values_are_one_line_naming_key_value_and_fix(overrides, start, fix, data_files):
+    with pytest.raises(ConfigError) as error:
+        validate(compose([*overrides, *data_files]))
+    message = str(error.value)
+    assert message.startswith(start), message
+    assert fix in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("algo", ["grpo", "dapo", "dr_grpo"])
+def test_lambda_options_under_another_algo_warn(algo, data_files):
+    overrides = [f"algo={algo}", "lambda_grpo.lambda_lr=0.5", "lambda_grpo.r=0.05", *data_files]
+    cfg, choices = compose_with_choices(overrides)
+    assert validate(cfg, choices=choices) == [
+        f"lambda_grpo.{name}={value} has no effect with lambda_grpo.scheme={algo} (only the lambda scheme has z, h "
+        "and λ); drop it, or use algo=lambda_grpo" for name, value in (("r", 0.05), ("lambda_lr", 0.5))]
+    cfg, choices = compose_with_choices([f"algo={algo}", "lambda_grpo.r=0", *data_files])
+    assert validate(cfg, choices=choices)[0].startswith("lambda_grpo.r=0 has no effect")  # no error: r is unused
+
+
+@pytest.mark.parametrize(
+    ("override", "warning"),
+    [("actor_rollout_ref.actor.optim.lr=0", "actor_rollout_ref.actor.optim.lr=0: the policy never changes"),
+     ("lambda_grpo.lambda_lr=0", "lambda_grpo.lambda_lr=0: λ never moves although lambda_trainable=true"),
+     ("actor_rollout_ref.rollout.temperature=0", "actor_rollout_ref.rollout.temperature=0: greedy sampling")],
+)
+def test_legal_but_pointless_values_warn(override, warning, data_files):
+    (message,) = validate(compose([override, *data_files]))
+    assert message.startswith(warning)

@@ -85,7 +85,9 @@ def test_ray_pin_is_above_the_floor_the_launch_scripts_check():
 
 def make_dry_run(target: str) -> list[str]:
     """The commands `make -n <target>` would run, one per line."""
-    result = subprocess.run(["make", "-n", target], cwd=REPO, capture_output=True, text=True, check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    result = subprocess.run(["make", "--no-print-directory", "-n", target], cwd=REPO, env=env,
+                            capture_output=True, text=True, check=True)
     return result.stdout.splitlines()
 
 
