@@ -299,6 +299,18 @@ def _check_trainer(cfg: DictConfig) -> None:
             "ranks only; use actor_rollout_ref.actor.strategy=fsdp2"
         )
     _check_sequence_parallel(cfg)
+    _check_lora(cfg)
+
+
+def _check_lora(cfg: DictConfig) -> None:
+    """LoRA (λ is one more parameter group beside the adapters; README): what the CPU platform cannot do."""
+    if read(cfg, "actor_rollout_ref.model.lora_rank") > 0 and cfg.trainer.device == "cpu" and not (
+            cfg.actor_rollout_ref.model.lora.merge):
+        raise ConfigError(
+            "actor_rollout_ref.model.lora.merge: must be true with LoRA on the CPU platform (got false): verl 0.9.1 "
+            "otherwise loads the adapters into vLLM through vLLM 0.24 internals that the CPU build (vLLM 0.32) no "
+            "longer has; drop the override (platform=cpu sets true)"
+        )
 
 
 def _check_separate_async(cfg: DictConfig) -> None:

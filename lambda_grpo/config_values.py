@@ -82,6 +82,7 @@ RULES: dict[str, Rule] = {
         "int", 1, "the actor updates per weight sync in separate_async", 4),
     "actor_rollout_ref.rollout.nnodes": Rule("int", 0, "the rollout's own nodes (separate_async)", 1),
     "actor_rollout_ref.rollout.n_gpus_per_node": Rule("int", 0, "the rollout's own GPUs per node (separate_async)", 8),
+    "actor_rollout_ref.model.lora_rank": Rule("int", 0, "the LoRA rank (0 = full fine-tuning)", 32),
     "actor_rollout_ref.actor.ulysses_sequence_parallel_size": Rule("int", 1, "the Ulysses sequence-parallel size", 2),
     "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size": Rule(
         "int", 1, "the Ulysses sequence-parallel size", 2),

@@ -144,6 +144,9 @@ def test_configs_are_shipped_in_the_package_and_the_wheel(tmp_path):
         (["trainer.use_v1=false"], "trainer.use_v1"),
         (["trainer.v1.trainer_mode=fully_async"], "trainer.v1.trainer_mode"),
         (["model_size=tiny_cpu", "trainer.v1.trainer_mode=separate_async"], "trainer.v1.trainer_mode"),
+        (["model_size=tiny_cpu", "actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora.merge=false"],
+         "actor_rollout_ref.model.lora.merge"),
+        (["actor_rollout_ref.model.lora_rank=-1"], "actor_rollout_ref.model.lora_rank"),
         (["trainer.v1.trainer_mode=separate_async", "trainer.v1.separate_async.parameter_sync_step=2"],
          "trainer.v1.separate_async.parameter_sync_step"),
         (["trainer.v1.trainer_mode=separate_async"], "actor_rollout_ref.rollout.nnodes"),
@@ -161,7 +164,7 @@ def test_startup_errors_name_the_key(overrides, key, data_files):
 
 @pytest.mark.parametrize("overrides", [
     ["trainer.v1.trainer_mode=colocate_async"],
-    ["model_size=tiny_cpu", "trainer.v1.trainer_mode=colocate_async"],
+    ["model_size=tiny_cpu", "trainer.v1.trainer_mode=colocate_async", "actor_rollout_ref.model.lora_rank=8"],
     ["model_size=qwen2_5_7b", "trainer.v1.trainer_mode=separate_async", "actor_rollout_ref.rollout.nnodes=1",
      "actor_rollout_ref.rollout.n_gpus_per_node=8", "actor_rollout_ref.rollout.checkpoint_engine.backend=nccl"],
     # 1 prompt × 4 responses per mini-batch: 8 GPUs of Ulysses size 2 are 4 data-parallel groups, one response each
