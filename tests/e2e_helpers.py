@@ -129,7 +129,12 @@ def run_logged(
                     line = lines.get(timeout=0.5)
                 except queue.Empty:
                     line = ""
-                if line is None:  # output closed: the driver and everything it started exited
+                if line is None:  # output closed; the driver may still be shutting down (Ray's atexit)
+                    try:
+                        proc.wait(timeout=max(1.0, timeout_s - (time.monotonic() - start)))
+                    except subprocess.TimeoutExpired:
+                        timed_out = True
+                        log.write(f"\n[e2e] TIMEOUT after {timeout_s:.0f} s: killing the run\n")
                     break
                 if not line and proc.poll() is not None and time.monotonic() - last_output > 5:
                     break  # the driver exited; what it left may hold the pipe open (killed below)

@@ -38,6 +38,18 @@ def test_a_run_whose_child_holds_the_output_open_keeps_its_status(tmp_path):
     assert "cleaned up 1 processes" in log
 
 
+def test_a_run_that_closes_its_output_is_waited_for(tmp_path):
+    """The console closes after the summary; Ray's shutdown follows. The run is not killed for it."""
+    result = run_python(tmp_path, """
+        import os, sys, time
+        print("summary", flush=True)
+        os.close(1); os.close(2)
+        time.sleep(2)
+        sys.exit(1)
+        """)
+    assert result.returncode == 1 and result.wall_s >= 2
+
+
 def test_a_run_past_its_time_is_killed_and_reads_as_minus_9(tmp_path):
     result = run_python(tmp_path, "import time; time.sleep(60)", timeout_s=2)
     assert result.returncode == -9 and result.wall_s < 30
