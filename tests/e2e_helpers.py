@@ -150,11 +150,6 @@ def run_logged(
                     log.write(f"\n[e2e] TIMEOUT after {timeout_s:.0f} s: killing the run\n")
                     break
         finally:
-            if not timed_out:
-                try:  # the driver may close its output before its own teardown ends: keep its exit status
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    pass
             killed = kill_process_tree(proc, seen.values())
             log.write(f"[e2e] cleaned up {killed} processes\n")
     wall = time.monotonic() - start
