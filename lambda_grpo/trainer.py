@@ -27,9 +27,10 @@ private trainer API goes through `lambda_grpo.verl_api`. What the mixin adds (ev
   per rank, with the actor; the async modes' TransferQueue checkpoint holds samples, which get their group
   fields when they are trained on, after the resume, as any other).
 
-Which λ weighted which batch (README "Trainer modes"): λ lives in the actor's optimizer, not in the policy
-the rollout serves, so generation never sees it. A batch, whatever policy versions its responses come from,
-is weighted by the λ current at each of its updates: the first by λ after the previous update.
+Which λ weighted which batch (README "Trainer modes, parallelism, LoRA"): λ lives in the actor's optimizer,
+not in the policy the rollout serves, so generation never sees it. A batch, whatever policy versions its
+responses come from, is weighted by the λ current at each of its updates: the first by λ after the previous
+update.
 """
 
 from __future__ import annotations

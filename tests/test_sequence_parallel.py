@@ -1,8 +1,8 @@
 """λ under Ulysses sequence parallelism: verl's engine step simulated on a dp = 2 × sp = 2 gloo mesh
 (tests/sequence_parallel_worker.py) against the single-rank run on the whole mini-batch.
 
-Why λ needs nothing SP-specific (README "Parallelism"): verl gathers the log-probs over the SP group before
-the loss, so every rank of an SP group computes its micro-batch's whole loss, Σℓ/T·dp with T counted over
+Why λ needs nothing SP-specific (README "Trainer modes, parallelism, LoRA"): verl gathers the log-probs over
+the SP group before the loss, so every rank of an SP group computes its micro-batch's whole loss, Σℓ/T·dp with T counted over
 the data-parallel group and dp = world/sp, and gets the same ∂L/∂λ; averaging λ's gradient over all world
 ranks is then the average over the data-parallel groups, the gradient of the global loss. The model's
 gradient reaches each rank only through its slice, scaled by sp in the gather's backward, and FSDP's average
