@@ -2,7 +2,7 @@
 `python -m lambda_grpo.main model_size=tiny_cpu`: λ trains beside the adapters, moves, is checkpointed with the
 optimizer state and restored by a second start, and each step's first update starts from the λ the previous
 step left (README "Which λ weighted which batch"). One 2-step run and a 1-step resume share every check
-(~2 min each on 2 cores). `separate_async` and Ulysses SP cannot run on CPU (README "Trainer modes,
+(~85 s each on 2 cores). `separate_async` and Ulysses SP cannot run on CPU (README "Trainer modes,
 parallelism, LoRA"); their closest tests are tests/test_trainer.py, tests/test_verl_api.py and
 tests/test_sequence_parallel.py.
 """
