@@ -45,6 +45,7 @@ CONFIG_MODULE = "lambda_grpo.configs"
 CONFIG_NAME = "lambda_grpo"
 LAMBDA_OPTIMIZER = ("lambda_grpo.learnable_lambda", "LambdaAdamW")
 REQUIRED_KEYS = ("data.train_files", "data.val_files", "actor_rollout_ref.model.path")
+TRAINER_MODES = ("sync", "colocate_async", "separate_async")
 LAMBDA_ONLY_OPTIONS = ("r", "normalization", "eps", "lambda_init", "lambda_lr", "lambda_bounds", "lambda_trainable",
                        "lambda_follow_lr_schedule", "max_consecutive_skipped_steps")
 """`lambda_grpo` options that only the lambda scheme reads (z, h and λ); the other schemes ignore them."""
@@ -219,7 +220,7 @@ def _check_loss_wiring(cfg: DictConfig, options: WeightOptions) -> None:
 
 
 def _check_lambda(cfg: DictConfig, options: WeightOptions, n: int) -> None:
-    """What the learnable λ needs: its optimizer, checkpointed state, a safe range, no SP."""
+    """What the learnable λ needs: its optimizer, checkpointed state and a safe range."""
     actor = cfg.actor_rollout_ref.actor
     optimizer = (actor.optim.optimizer_impl, actor.optim.optimizer)
     if optimizer != LAMBDA_OPTIMIZER:
@@ -239,12 +240,6 @@ def _check_lambda(cfg: DictConfig, options: WeightOptions, n: int) -> None:
                     f"actor_rollout_ref.actor.checkpoint.{direction}: must include 'optimizer' (got {contents}); "
                     "λ is saved and restored with the actor's optimizer state"
                 )
-    if int(actor.get("ulysses_sequence_parallel_size", 1)) != 1:
-        raise ConfigError(
-            "actor_rollout_ref.actor.ulysses_sequence_parallel_size: must be 1 with the lambda scheme "
-            "(λ's gradient is averaged over all actor ranks, which equals the data-parallel group only "
-            "without sequence parallelism)"
-        )
 
 
 def _check_lift(cfg: DictConfig) -> None:
@@ -278,16 +273,109 @@ def _pointless_settings(cfg: DictConfig, default: Defaults) -> list[str]:
 
 
 def _check_trainer(cfg: DictConfig) -> None:
-    if not cfg.trainer.use_v1 or cfg.trainer.v1.trainer_mode != "sync":
+    """verl's V1 trainer in any of its modes, an FSDP actor (with or without Ulysses SP), no distillation."""
+    if not read(cfg, "trainer.use_v1"):
         raise ConfigError(
-            f"trainer.v1.trainer_mode: lambda_grpo runs verl's V1 sync trainer (trainer.use_v1=true, "
-            f"trainer.v1.trainer_mode=sync); got use_v1={cfg.trainer.use_v1}, mode={cfg.trainer.v1.trainer_mode!r}"
+            "trainer.use_v1: must be true (got false): lambda_grpo attaches to verl's V1 trainer, and the legacy "
+            "trainer (main_ppo_v0) is deprecated in verl 0.9.1; drop the override"
         )
-    if cfg.get("distillation") is not None and cfg.distillation.get("enabled", False):
-        raise ConfigError("distillation.enabled: distillation replaces the policy loss; it cannot run with lambda_grpo")
-    if cfg.actor_rollout_ref.actor.strategy not in ("fsdp", "fsdp2"):
+    mode = cfg.trainer.v1.trainer_mode
+    if mode not in TRAINER_MODES:
         raise ConfigError(
-            f"actor_rollout_ref.actor.strategy: lambda_grpo supports fsdp and fsdp2 (got {cfg.actor_rollout_ref.actor.strategy!r})"
+            f"trainer.v1.trainer_mode: not a verl 0.9.1 V1 trainer mode (got {mode!r}); use one of "
+            f"{', '.join(TRAINER_MODES)}"
+        )
+    if mode == "separate_async":
+        _check_separate_async(cfg)
+    if cfg.get("distillation") is not None and cfg.distillation.get("enabled", False):
+        raise ConfigError("distillation.enabled: distillation replaces the policy loss, so it cannot run with "
+                          "lambda_grpo (got true); set distillation.enabled=false")
+    strategy = cfg.actor_rollout_ref.actor.strategy
+    if strategy not in ("fsdp", "fsdp2"):
+        raise ConfigError(
+            f"actor_rollout_ref.actor.strategy: must be fsdp or fsdp2 (got {strategy!r}): λ's gradient is averaged "
+            "over every actor rank, which is the global-batch gradient when every rank computes its micro-batches' "
+            "whole loss (FSDP, Ulysses SP), while megatron's pipeline and tensor parallelism compute it on some "
+            "ranks only; use actor_rollout_ref.actor.strategy=fsdp2"
+        )
+    _check_sequence_parallel(cfg)
+    _check_lora(cfg)
+
+
+def _check_lora(cfg: DictConfig) -> None:
+    """LoRA (λ is one more parameter group beside the adapters; README): what the CPU platform cannot do."""
+    if read(cfg, "actor_rollout_ref.model.lora_rank") > 0 and cfg.trainer.device == "cpu" and not (
+            cfg.actor_rollout_ref.model.lora.merge):
+        raise ConfigError(
+            "actor_rollout_ref.model.lora.merge: must be true with LoRA on the CPU platform (got false): verl 0.9.1 "
+            "otherwise loads the adapters into vLLM through vLLM 0.24 internals that the CPU build (vLLM 0.32) no "
+            "longer has; drop the override (platform=cpu sets true)"
+        )
+
+
+def _check_separate_async(cfg: DictConfig) -> None:
+    """Where separate_async can run (not on CPU), then what verl's separate_async trainer asserts in its
+    constructor, checked before Ray starts."""
+    if cfg.trainer.device == "cpu":
+        raise ConfigError(
+            "trainer.v1.trainer_mode: separate_async cannot run on the CPU platform (got separate_async with "
+            "trainer.device=cpu): it sends the weights to the rollout's own devices through a checkpoint engine, "
+            "and every verl 0.9.1 engine but the colocated 'naive' one (nccl, hccl, nixl, mooncake, "
+            "kimi_ckpt_engine, delta_sharded) moves them over CUDA or RDMA; use sync or colocate_async on CPU"
+        )
+    train, mini = read(cfg, "data.train_batch_size"), read(cfg, "actor_rollout_ref.actor.ppo_mini_batch_size")
+    sync = read(cfg, "trainer.v1.separate_async.parameter_sync_step")
+    if train != sync * mini:
+        raise ConfigError(
+            f"trainer.v1.separate_async.parameter_sync_step: it × actor_rollout_ref.actor.ppo_mini_batch_size ({mini}) "
+            f"must equal data.train_batch_size ({train}), since a training step makes parameter_sync_step updates "
+            f"of one mini-batch each, then syncs the rollout's weights (got {sync}); set it to {train // mini}"
+            if train % mini == 0 else
+            f"trainer.v1.separate_async.parameter_sync_step: it × actor_rollout_ref.actor.ppo_mini_batch_size ({mini}) "
+            f"must equal data.train_batch_size ({train}) (got {sync}); make the mini-batch divide the batch"
+        )
+    for key in ("actor_rollout_ref.rollout.nnodes", "actor_rollout_ref.rollout.n_gpus_per_node"):
+        if read(cfg, key) == 0:
+            raise ConfigError(
+                f"{key}: must be > 0 in separate_async, where the rollout runs on its own GPUs "
+                "(actor_rollout_ref.rollout.nnodes × n_gpus_per_node) (got 0); set both"
+            )
+    if cfg.actor_rollout_ref.rollout.checkpoint_engine.backend == "naive":
+        raise ConfigError(
+            "actor_rollout_ref.rollout.checkpoint_engine.backend: separate_async sends the weights to the rollout's "
+            "own GPUs, which the in-process 'naive' engine cannot (got naive); use nccl"
+        )
+
+
+SEQUENCE_PARALLEL_KEYS = ("actor_rollout_ref.actor.ulysses_sequence_parallel_size",
+                          "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size")
+"""Where verl 0.9.1 reads the actor's Ulysses size: the engine's own key, and the deprecated actor key that
+verl copies into it when > 1."""
+
+
+def sequence_parallel_size(cfg: DictConfig) -> int:
+    """The actor's Ulysses size (the larger of SEQUENCE_PARALLEL_KEYS, as verl's copy makes it)."""
+    return max(read(cfg, key) for key in SEQUENCE_PARALLEL_KEYS)
+
+
+def _check_sequence_parallel(cfg: DictConfig) -> None:
+    """Ulysses SP: verl's requirements, named before Ray starts (λ itself needs nothing more; README)."""
+    sp = sequence_parallel_size(cfg)
+    if sp == 1:
+        return
+    gpus = read(cfg, "trainer.n_gpus_per_node") * read(cfg, "trainer.nnodes")
+    if gpus % sp:
+        raise ConfigError(
+            f"actor_rollout_ref.actor.ulysses_sequence_parallel_size: must divide the actor's {gpus} GPUs "
+            f"(trainer.n_gpus_per_node × trainer.nnodes), which form sequence-parallel groups of that size "
+            f"(got {sp}); use a divisor of {gpus}"
+        )
+    if not cfg.actor_rollout_ref.model.use_remove_padding:
+        raise ConfigError(
+            f"actor_rollout_ref.model.use_remove_padding: must be true with ulysses_sequence_parallel_size={sp}, "
+            "since verl's Ulysses splits the packed sequences of remove-padding, which needs flash-attn's varlen "
+            "kernels, hence a GPU: sequence parallelism cannot run on the CPU platform (got false); set it to true "
+            "on GPUs, or ulysses_sequence_parallel_size=1"
         )
 
 
@@ -295,21 +383,25 @@ def _check_batch_sizes(cfg: DictConfig) -> None:
     actor = cfg.actor_rollout_ref.actor
     n = int(cfg.actor_rollout_ref.rollout.n)
     gpus = int(cfg.trainer.n_gpus_per_node) * int(cfg.trainer.nnodes)
+    sp = sequence_parallel_size(cfg)
+    dp = gpus // sp  # the ranks of one Ulysses group share their micro-batches
+    groups = f"{dp} data-parallel groups ({gpus} GPUs / ulysses_sequence_parallel_size {sp})" if sp > 1 else (
+        f"{gpus} GPUs (trainer.n_gpus_per_node × trainer.nnodes)")
     train, mini = int(cfg.data.train_batch_size), int(actor.ppo_mini_batch_size)
     if train % mini:
         raise ConfigError(
             f"actor_rollout_ref.actor.ppo_mini_batch_size: {mini} must divide data.train_batch_size ({train})"
         )
-    if (mini * n) % gpus:
+    if (mini * n) % dp:
         raise ConfigError(
             f"actor_rollout_ref.actor.ppo_mini_batch_size: {mini} prompts × rollout.n {n} = {mini * n} responses "
-            f"must divide over {gpus} GPUs (trainer.n_gpus_per_node × trainer.nnodes)"
+            f"must divide over {groups}"
         )
     micro = actor.get("ppo_micro_batch_size_per_gpu")
-    if not actor.use_dynamic_bsz and micro and (mini * n // gpus) % int(micro):
+    if not actor.use_dynamic_bsz and micro and (mini * n // dp) % int(micro):
         raise ConfigError(
             f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu: {micro} must divide the per-GPU mini-batch "
-            f"({mini * n // gpus} responses)"
+            f"({mini * n // dp} responses)"
         )
 
 

@@ -78,6 +78,14 @@ RULES: dict[str, Rule] = {
     "trainer.nnodes": Rule("int", 1, "the number of nodes", 1),
     "trainer.n_gpus_per_node": Rule("int", 1, "the GPUs per node, or trainer processes with trainer.device=cpu", 8),
     "trainer.use_v1": Rule("bool"),
+    "trainer.v1.separate_async.parameter_sync_step": Rule(
+        "int", 1, "the actor updates per weight sync in separate_async", 4),
+    "actor_rollout_ref.rollout.nnodes": Rule("int", 0, "the rollout's own nodes (separate_async)", 1),
+    "actor_rollout_ref.rollout.n_gpus_per_node": Rule("int", 0, "the rollout's own GPUs per node (separate_async)", 8),
+    "actor_rollout_ref.model.lora_rank": Rule("int", 0, "the LoRA rank (0 = full fine-tuning)", 32),
+    "actor_rollout_ref.actor.ulysses_sequence_parallel_size": Rule("int", 1, "the Ulysses sequence-parallel size", 2),
+    "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size": Rule(
+        "int", 1, "the Ulysses sequence-parallel size", 2),
     "lambda_grpo.r": Rule("number", None, "the lift slope", 0.1111111111111111),
     "lambda_grpo.eps": Rule("number", None, "added to the std of the lengths", 1e-6),
     "lambda_grpo.lambda_init": Rule("number", None, "λ's starting value", 0.0),

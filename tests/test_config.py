@@ -135,8 +135,24 @@ def test_configs_are_shipped_in_the_package_and_the_wheel(tmp_path):
         (["lambda_grpo.max_consecutive_skipped_steps=0"], "lambda_grpo.max_consecutive_skipped_steps"),
         (["actor_rollout_ref.actor.optim.optimizer_impl=torch.optim"], "actor_rollout_ref.actor.optim.optimizer"),
         (["actor_rollout_ref.actor.checkpoint.save_contents=[model]"], "actor_rollout_ref.actor.checkpoint.save_contents"),
-        (["actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"], "actor_rollout_ref.actor.ulysses_sequence_parallel_size"),
-        (["trainer.v1.trainer_mode=colocate_async"], "trainer.v1.trainer_mode"),
+        (["actor_rollout_ref.actor.ulysses_sequence_parallel_size=3"], "actor_rollout_ref.actor.ulysses_sequence_parallel_size"),
+        (["actor_rollout_ref.actor.ulysses_sequence_parallel_size=2", "actor_rollout_ref.model.use_remove_padding=false"],
+         "actor_rollout_ref.model.use_remove_padding"),
+        (["model_size=tiny_cpu", "actor_rollout_ref.actor.ulysses_sequence_parallel_size=1",
+          "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size=2", "trainer.n_gpus_per_node=2"],
+         "actor_rollout_ref.model.use_remove_padding"),
+        (["trainer.use_v1=false"], "trainer.use_v1"),
+        (["trainer.v1.trainer_mode=fully_async"], "trainer.v1.trainer_mode"),
+        (["model_size=tiny_cpu", "trainer.v1.trainer_mode=separate_async"], "trainer.v1.trainer_mode"),
+        (["model_size=tiny_cpu", "actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora.merge=false"],
+         "actor_rollout_ref.model.lora.merge"),
+        (["actor_rollout_ref.model.lora_rank=-1"], "actor_rollout_ref.model.lora_rank"),
+        (["trainer.v1.trainer_mode=separate_async", "trainer.v1.separate_async.parameter_sync_step=2"],
+         "trainer.v1.separate_async.parameter_sync_step"),
+        (["trainer.v1.trainer_mode=separate_async"], "actor_rollout_ref.rollout.nnodes"),
+        (["trainer.v1.trainer_mode=separate_async", "actor_rollout_ref.rollout.n_gpus_per_node=8",
+          "actor_rollout_ref.rollout.nnodes=1"],
+         "actor_rollout_ref.rollout.checkpoint_engine.backend"),
         (["algo=dr_grpo", "data.max_response_length=0"], "data.max_response_length"),
     ],
 )
@@ -144,6 +160,19 @@ def test_startup_errors_name_the_key(overrides, key, data_files):
     with pytest.raises(ConfigError) as error:
         validate(compose([*overrides, *data_files]))
     assert str(error.value).startswith(key), str(error.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["trainer.v1.trainer_mode=colocate_async"],
+    ["model_size=tiny_cpu", "trainer.v1.trainer_mode=colocate_async", "actor_rollout_ref.model.lora_rank=8"],
+    ["model_size=qwen2_5_7b", "trainer.v1.trainer_mode=separate_async", "actor_rollout_ref.rollout.nnodes=1",
+     "actor_rollout_ref.rollout.n_gpus_per_node=8", "actor_rollout_ref.rollout.checkpoint_engine.backend=nccl"],
+    # 1 prompt × 4 responses per mini-batch: 8 GPUs of Ulysses size 2 are 4 data-parallel groups, one response each
+    ["actor_rollout_ref.actor.ulysses_sequence_parallel_size=2", "actor_rollout_ref.rollout.n=4",
+     "actor_rollout_ref.actor.ppo_mini_batch_size=1", "data.train_batch_size=4"],
+])
+def test_trainer_modes_and_sequence_parallelism_are_accepted(overrides, data_files):
+    validate(compose([*overrides, *data_files]))
 
 
 def test_missing_and_nonexistent_paths(data_files, tmp_path):

@@ -216,6 +216,33 @@ def test_fsdp2_offload_policy_is_built_unpinned():
     assert engine.CPUOffloadPolicy.__mro__[1] is CPUOffloadPolicy
 
 
+def test_verls_pause_arguments_reach_vllm_032s_pause_generation():
+    """The async modes abort in-flight rollouts with verl 0.9.1's `wait_for_inflight_requests=False`; vLLM 0.32
+    only knows `mode`, and the wrapper translates (False → abort, True → wait) and passes the rest through."""
+    import asyncio
+    import inspect
+
+    calls = []
+
+    class AsyncLLM:  # vLLM 0.32's signature
+        async def pause_generation(self, *, mode="abort", clear_cache=True):
+            calls.append((mode, clear_cache))
+
+    async_llm = types.SimpleNamespace(AsyncLLM=AsyncLLM)
+    cpu_platform._accept_verls_pause_arguments(async_llm)
+    wrapped = AsyncLLM.pause_generation
+    cpu_platform._accept_verls_pause_arguments(async_llm)  # idempotent
+    assert AsyncLLM.pause_generation is wrapped
+    engine = AsyncLLM()
+    asyncio.run(engine.pause_generation(wait_for_inflight_requests=False, clear_cache=False))
+    asyncio.run(engine.pause_generation(wait_for_inflight_requests=True))
+    asyncio.run(engine.pause_generation(mode="keep"))
+    assert calls == [("abort", False), ("wait", True), ("keep", True)]
+    from vllm.v1.engine.async_llm import AsyncLLM as Installed  # the installed vLLM still names it `mode`
+
+    assert "mode" in inspect.signature(Installed.pause_generation).parameters
+
+
 WORKER_CHECK = textwrap.dedent(
     """
     import json, os, sys, torch

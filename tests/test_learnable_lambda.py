@@ -1,15 +1,11 @@
 """λ as a parameter of the actor optimizer: options, fixed mode, bounds, LR schedule, checkpoints, and
 gradient synchronisation over real torch.distributed (gloo) processes."""
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from gloo_ranks import run_ranks
 from verl.workers.config import FSDPOptimizerConfig
 from verl.workers.config.optimizer import build_optimizer
 
@@ -99,6 +95,17 @@ def test_step_report_lists_every_update_of_the_step():
     assert report["lambda"] == optimizer.lam.item() and optimizer.take_step_report()["grads"] == []
 
 
+def test_step_report_names_the_lambda_its_first_gradient_was_computed_with():
+    """The async modes log which λ weighted a step's first batch: λ when the first gradient reached it."""
+    optimizer = LambdaAdamW(_model().parameters(), lambda_init=0.25)
+    assert optimizer.take_step_report()["lambda_start"] is None  # no gradient since the last report
+    _push_lambda(optimizer, gradient=1.0, steps=2)
+    report = optimizer.take_step_report()
+    assert report["lambda_start"] == 0.25 and report["lambda"] != 0.25
+    _push_lambda(optimizer, gradient=1.0)
+    assert optimizer.take_step_report()["lambda_start"] == report["lambda"]  # the next report starts afresh
+
+
 def test_state_dict_round_trip_restores_lambda_and_its_moments():
     optimizer = LambdaAdamW(_model().parameters(), lambda_lr=0.05)
     _push_lambda(optimizer, gradient=-2.0, steps=3)
@@ -155,25 +162,8 @@ def test_no_lambda_optimizer_says_how_to_install_one(monkeypatch):
         active_lambda_optimizer()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _run_ranks(world: int, scenario: str, out: Path, steps: int = 6) -> list[dict]:
-    out.mkdir(parents=True, exist_ok=True)
-    port = str(_free_port())
-    processes = []
-    for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
-                   OMP_NUM_THREADS="1")
-        command = [sys.executable, str(WORKER), "--scenario", scenario, "--steps", str(steps), "--out", str(out)]
-        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    for process in processes:
-        output, _ = process.communicate(timeout=120)
-        assert process.returncode == 0, output.decode()[-3000:]
-    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(world)]
+    return run_ranks(WORKER, world, ["--scenario", scenario, "--steps", str(steps)], out)
 
 
 @pytest.fixture(scope="module")

@@ -66,3 +66,13 @@ def test_unknown_launcher_is_refused(fake_bin):
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.name)
 def test_recipe_says_how_to_install_the_gpu_stack(recipe):
     assert "make install-gpu" in recipe.read_text()
+
+
+def test_the_7b_long_response_recipe_splits_sequences_with_ulysses(fake_bin):
+    from lambda_grpo.config import sequence_parallel_size
+
+    (recipe,) = [r for r in RECIPES if "ulysses" in r.name]
+    cfg = compose(json.loads(run_recipe(recipe, fake_bin).stdout)[2:])
+    assert cfg.actor_rollout_ref.model.path == "Qwen/Qwen2.5-7B" and sequence_parallel_size(cfg) == 4
+    assert cfg.data.max_response_length == 16384 and cfg.actor_rollout_ref.ref.ulysses_sequence_parallel_size == 4
+    assert cfg.actor_rollout_ref.model.use_remove_padding  # Ulysses splits remove-padding's packed sequences
