@@ -54,6 +54,11 @@ helpers multiprocessing spawns)."""
 IDLE_WORKER = "ray::IDLE"
 """The title of a worker process in Ray's pool, not running anything (kept for the next task or job)."""
 
+NODE_DAEMONS = ("/raylet/raylet ", "/gcs_server ", "log_monitor.py", "ray::DashboardAgent", "ray::RuntimeEnvAgent",
+                "dashboard/dashboard.py", "autoscaler/_private/monitor.py")
+"""Command-line marks of a Ray node's own daemons: a node restarted just before a job starts some of them after the
+snapshot that tells the job's processes apart."""
+
 JOB_SUPERVISION = ("JobSupervisor", "while kill -s 0")
 """Ray's job supervisor actor and the shell loop with which it watches its entrypoint: Ray's, not the job's."""
 
@@ -261,8 +266,10 @@ class LocalCluster:
         return {proc.pid for proc in self.processes()}
 
     def job_processes(self, before: set[int]) -> list[psutil.Process]:
-        """The running processes that appeared since the snapshot `before`, except idle pool workers (Ray's)."""
-        return [proc for proc in self.processes() if proc.pid not in before and IDLE_WORKER not in command_line(proc)]
+        """The running processes that appeared since the snapshot `before`, except Ray's own: idle pool workers and
+        the nodes' daemons."""
+        return [proc for proc in self.processes() if proc.pid not in before
+                and not any(mark in command_line(proc) for mark in (IDLE_WORKER, *NODE_DAEMONS))]
 
     def leftovers(self, before: set[int], timeout_s: float = 30) -> list[str]:
         """What still runs of a job that ended, after up to `timeout_s` (Ray ends a job's workers asynchronously):

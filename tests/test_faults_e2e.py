@@ -3,9 +3,9 @@ addresses), and the faults real clusters meet, end to end through launch/submit 
 rollouts: two runs of the same config sample the same responses).
 
 Runs, on 2 cores (wall times in README "When something fails"): the preflight job; one uninterrupted run of 14 steps
-(room for the chain: a start logs one or two steps before its fault, or three), which is the two-node check and the reference
-every resume is compared with; then one chain of starts of the same command in one run folder, each ended by a fault
-and resumed by the next start:
+(room for the chain: a start logs one to four steps before its fault lands), which is the two-node check and the
+reference every resume is compared with; then one chain of starts of the same command in one run folder, each ended
+by a fault and resumed by the next start:
 
 | start | resumes from                 | then the fault (the test of that name)                                    |
 |-------|------------------------------|---------------------------------------------------------------------------|
@@ -22,7 +22,8 @@ fault and its resume; the actor-rank fault's error); the tests marked `faults_ex
 
 Every start must end within FAULT_BOUND_S of its fault, with a message that names what failed and a non-zero exit
 of launch/submit, leave no process of the job on either node, and the next start must resume from the last
-complete checkpoint, which is the last step the faulted start logged (a step's line follows its save), with the
+complete checkpoint (the last step the faulted start logged, or the next when the fault came between its save and
+its line), with the
 rollouts of every step it logs equal to the reference's, and λ and the loss metrics equal within the spread of two
 uninterrupted runs (COMPARED).
 """
@@ -65,6 +66,9 @@ Near 0 (pg_loss once every response is clipped) the difference allowed is ABSOLU
 ABSOLUTE = 1e-7
 
 NODE_2 = "127.0.0.2"
+
+MARKER = "lambda_grpo_complete.json"
+"""What a complete checkpoint holds (lambda_grpo.complete_checkpoints.MARKER), written last."""
 
 OVERRIDES = (
     "model_size=tiny_cpu", "algo=lambda_grpo", "trainer.nnodes=2", "trainer.n_gpus_per_node=1",
@@ -114,6 +118,9 @@ def run_start(cluster: LocalCluster, run_dir: Path, number: int, logs: Path, fau
         cluster.kill_job(before)
         job.proc.kill()
     leftovers = cluster.leftovers(before)
+    marked = [int(marker.parent.name.removeprefix("global_step_"))
+              for marker in run_dir.glob(f"global_step_*/{MARKER}")]
+    notes["last_complete"] = max(marked, default=None)
     new_metrics = sorted(set(run_dir.glob("metrics/*.jsonl")) - before_metrics)
     start = Start(number, returncode, job.output(), ended - job.started,
                   read_metrics(new_metrics[-1]) if new_metrics else [], leftovers, job.peak_rss_gib, injected,
@@ -261,9 +268,11 @@ def by_step(reference: Start) -> dict[int, dict]:
 
 
 def assert_resumed_as_uninterrupted(start: Start, reference: Start, faulted: Start) -> None:
-    """`start` resumed from the last step `faulted` logged (its checkpoint is the last complete one: a step's line
-    follows its save), and every step it logged equals the reference's."""
-    from_step = faulted.steps()[-1]
+    """`start` resumed from the last checkpoint `faulted` completed (the last with its marker; at least the last step
+    it logged, one more when the fault came between a step's save and its line), and every step it logged equals the
+    reference's."""
+    from_step = faulted.notes["last_complete"]
+    assert from_step is not None and from_step >= faulted.steps()[-1], (from_step, faulted.steps())
     run_dir = start.notes["run_dir"]
     assert f"resuming from {run_dir}/global_step_{from_step} (step {from_step})" in start.output, start.output[-3000:]
     assert start.steps() and start.steps()[0] == from_step + 1, start.steps()
@@ -316,7 +325,7 @@ def test_job_killed_while_writing_a_checkpoint(chain, reference):
     assert start.steps() == [1]
     assert_failed_clearly(start, "killed by SIGKILL")
     partial = start.notes["partial"]
-    assert partial.is_dir() and not (partial / "lambda_grpo_complete.json").exists(), start.notes
+    assert partial.is_dir() and not (partial / MARKER).exists(), start.notes
     assert_resumed_as_uninterrupted(chain.start(2), reference, start)
 
 
