@@ -38,7 +38,7 @@ from lambda_grpo.local_ray import check_local_ray
 from lambda_grpo.local_ray_token import secure_local_token
 from lambda_grpo.ray_job import prepare_ray_init
 from lambda_grpo.run_output import RunOutput
-from lambda_grpo.watchdog import Watchdog
+from lambda_grpo.watchdog import Watchdog, sigterm_fault
 
 # The configs beside the code (a checkout, a Ray job's uploaded working dir), else the packaged copy.
 CONFIG_PATH = str(config_dir() or f"pkg://{CONFIG_MODULE}")
@@ -121,7 +121,7 @@ def run(cfg: DictConfig) -> None:
 
         run_ppo(cfg, task_runner_class=LambdaGRPORemoteTaskRunner)
     except BaseException as error:  # noqa: BLE001  (every way a run ends reaches the console)
-        sys.exit(output.fail(error, watchdog.stop(run_failed=True)))
+        sys.exit(output.fail(error, watchdog.stop(run_failed=True) or sigterm_fault(error)))
     watchdog.stop()
     output.finish()
 

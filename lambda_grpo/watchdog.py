@@ -22,7 +22,8 @@ interrupts the driver's main thread, which is waiting in verl's `ray.get` on the
 with the cause and exit status 1; Ray ends every actor and worker process of the job when its driver exits.
 
 `stop_on_sigterm` makes SIGTERM (`launch/submit stop`, `ray job stop`, a scheduler preempting the node) end the
-run the same way, naming the signal, with exit status 143 (Ray's job supervisor sends SIGKILL 3 s later).
+run the same way, naming the signal, with exit status 143 (Ray's job supervisor sends SIGKILL 3 s later). Once
+verl's `ray.init` has replaced that handler with Ray's (`sys.exit(15)`), `sigterm_fault` names the same cause.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ class Fault:
 
     message: str
     exit_status: int = 1
+
+
+SIGTERM_FAULT = Fault("SIGTERM received: the run was stopped (launch/submit stop, ray job stop, or the node is "
+                      "shutting down).", exit_status=SIGTERM_EXIT)
 
 
 def dead_actors(job_id: str) -> list[dict[str, Any]]:
@@ -184,15 +189,19 @@ class Watchdog:
         return fault
 
     def stop_on_sigterm(self) -> None:
-        """SIGTERM stops the run as a fault does (call from the main thread).
+        """SIGTERM stops the run as a fault does (call from the main thread), until `ray.init` replaces the handler.
 
         The handler raises KeyboardInterrupt: Ray's blocking `ray.get` turns exactly that into its own
-        KeyboardInterrupt (other exceptions raised by a signal handler are lost inside it)."""
+        KeyboardInterrupt (other exceptions raised by a signal handler are lost inside it). Once verl has called
+        `ray.init`, Ray's own handler runs instead (`sys.exit(15)`): `sigterm_fault` recognises that exit."""
 
         def on_sigterm(signum: int, frame: Any) -> None:
-            fault = Fault("SIGTERM received: the run was stopped (launch/submit stop, ray job stop, or the node is "
-                          "shutting down).", exit_status=SIGTERM_EXIT)
-            if self.trip(fault, interrupt=False):
+            if self.trip(SIGTERM_FAULT, interrupt=False):
                 raise KeyboardInterrupt
 
         signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def sigterm_fault(error: BaseException) -> Fault | None:
+    """SIGTERM_FAULT when the run ended by Ray's driver SIGTERM handler (ray.init installs `sys.exit(signum)`)."""
+    return SIGTERM_FAULT if isinstance(error, SystemExit) and error.code == signal.SIGTERM else None

@@ -15,7 +15,16 @@ import pytest
 from ray._private import state
 from ray.core.generated import common_pb2
 
-from lambda_grpo.watchdog import FAULT_REASONS, OTHER_FAULTS, SIGTERM_EXIT, Fault, Watchdog, fault_of, first_fault
+from lambda_grpo.watchdog import (
+    FAULT_REASONS,
+    OTHER_FAULTS,
+    SIGTERM_EXIT,
+    Fault,
+    Watchdog,
+    fault_of,
+    first_fault,
+    sigterm_fault,
+)
 
 Reason = common_pb2.ActorDiedErrorContext.Reason
 
@@ -92,6 +101,12 @@ def test_a_run_verl_stopped_on_a_dead_actor_is_named_by_it():
     quiet = Watchdog(poll_s=600, read_dead=lambda job: [died("WORKER_DIED")], report=lambda line: None)
     quiet.job_id = "01000000"
     assert quiet.stop() is None  # a run that finished: no look
+
+
+def test_rays_own_sigterm_exit_is_the_sigterm_fault():
+    """ray.init replaces the driver's SIGTERM handler with sys.exit(15) (seen in the two-node e2e)."""
+    assert sigterm_fault(SystemExit(signal.SIGTERM)).exit_status == SIGTERM_EXIT
+    assert sigterm_fault(SystemExit(1)) is None and sigterm_fault(KeyboardInterrupt()) is None
 
 
 def test_a_stopped_watchdog_never_interrupts():
