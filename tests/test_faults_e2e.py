@@ -16,9 +16,9 @@ by a fault and resumed by the next start:
 | 5     | the last step 4 logged       | launch/submit stop                                                        |
 | 6     | the last step 5 logged       | none: the run finishes                                                    |
 
-A start is run only when a selected test needs it (`Chain.start`). `make test` runs starts 1 and 2 (the checkpoint
-fault and its resume; the actor-rank fault's error); the tests marked `faults_extended` run starts 3 to 6
-(`make test-faults`), which adds about 10 minutes.
+A start is run only when a selected test needs it (`Chain.start`). `make test` runs starts 1 and 2 and checks the
+actor-rank fault's error; the tests marked `faults_extended` (`make test-faults`) check the rest and run starts 3 to
+6, about 12 minutes more. The checkpoint fault's test is among them: the tiny save can finish before the kill lands.
 
 Every start must end within FAULT_BOUND_S of its fault, with a message that names what failed and a non-zero exit
 of launch/submit, leave no process of the job on either node, and the next start must resume from the last
@@ -41,7 +41,7 @@ import pytest
 import torch
 
 from e2e_helpers import read_metrics
-from local_cluster import Job, LocalCluster
+from local_cluster import Job, LocalCluster, command_line
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
@@ -153,7 +153,10 @@ class Fault:
 def kill_job_while_checkpointing(cluster: LocalCluster, run_dir: Path) -> Fault:
     def inject(job: Job, before: set[int]):
         folder = run_dir / f"global_step_{first_step(job) + 1}"
-        victims = cluster.job_victims(before)  # listed now: at the save, the kill must take milliseconds
+        # Listed now (at the save the kill must take milliseconds), the writers first: the driver, its TaskRunner
+        # (which writes the marker) and the trainer ranks.
+        victims = sorted(cluster.job_victims(before), key=lambda proc: not any(
+            mark in command_line(proc) for mark in ("lambda_grpo.main", "TaskRunner", "WorkerDict")))
         deadline = time.monotonic() + 60
         while not folder.is_dir():  # created as the save starts; a tiny save is over in a fraction of a second
             if time.monotonic() > deadline:
@@ -320,6 +323,7 @@ def test_two_nodes_train_with_one_rank_each_and_the_same_lambda(cluster, referen
     assert not reference.leftovers
 
 
+@extended  # racy: in 2 of 4 runs the tiny save finished before the kill landed (README "When something fails")
 def test_job_killed_while_writing_a_checkpoint(chain, reference):
     start = chain.start(1)
     assert start.steps() == [1]
