@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from lambda_grpo import run_files
+from lambda_grpo.complete_checkpoints import ResumeError, prepare_resume
 from lambda_grpo.config import (
     CONFIG_MODULE,
     CONFIG_NAME,
@@ -35,7 +36,9 @@ from lambda_grpo.config import (
 )
 from lambda_grpo.local_ray import check_local_ray
 from lambda_grpo.local_ray_token import secure_local_token
+from lambda_grpo.ray_job import prepare_ray_init
 from lambda_grpo.run_output import RunOutput
+from lambda_grpo.watchdog import Watchdog, sigterm_fault
 
 # The configs beside the code (a checkout, a Ray job's uploaded working dir), else the packaged copy.
 CONFIG_PATH = str(config_dir() or f"pkg://{CONFIG_MODULE}")
@@ -86,14 +89,30 @@ def run(cfg: DictConfig) -> None:
     The console shows the header, start-up progress, one line per step and the summary; everything verl, Ray
     and vLLM print goes to <trainer.default_local_dir>/logs/<start>.log (lambda_grpo.run_output). A failed
     run ends with the end of its traceback and the summary on the console, and exit status 1 (130 on Ctrl-C).
+    Before Ray starts, verl's checkpoint tracker is made to name the latest complete checkpoint
+    (lambda_grpo.complete_checkpoints); while it runs, a watchdog stops it as soon as one of its Ray actors dies,
+    or on SIGTERM (lambda_grpo.watchdog), naming the cause.
     """
     _activate_platform(cfg)
+    try:  # after the platform's variables are in the config: a clash with the job's env is found among them too
+        notices = prepare_ray_init(cfg)
+    except ConfigError as error:
+        _refuse(error)
     # Before verl's ray.init: a local cluster's token file is created private (Ray's own is mode 644).
     if notice := secure_local_token(cfg.ray_kwargs.ray_init.get("address")):
         print(f"[lambda_grpo] {notice}")
     paths = run_files.prepare(cfg, run_files.start_stamp())
+    try:
+        notices.append(prepare_resume(paths.run_dir, cfg.trainer.resume_mode, cfg.trainer.get("resume_from_path")))
+    except ResumeError as error:
+        print(f"lambda_grpo: {_one_line(error)}", file=sys.stderr)
+        sys.exit(2)
     output = RunOutput(cfg, paths)
     output.start()
+    for notice in filter(None, notices):  # into the log, and to the console through its tag
+        print(f"[lambda_grpo] {notice}")
+    watchdog = Watchdog().start()
+    watchdog.stop_on_sigterm()
     try:
         _require_plugin_loaded()
         from verl.trainer.main_ppo import run_ppo
@@ -102,7 +121,8 @@ def run(cfg: DictConfig) -> None:
 
         run_ppo(cfg, task_runner_class=LambdaGRPORemoteTaskRunner)
     except BaseException as error:  # noqa: BLE001  (every way a run ends reaches the console)
-        sys.exit(output.fail(error))
+        sys.exit(output.fail(error, watchdog.stop(run_failed=True) or sigterm_fault(error)))
+    watchdog.stop()
     output.finish()
 
 

@@ -7,8 +7,9 @@ What it checks, each finding reported as OK, WARN or FAIL:
 
 1. config — composes and validates exactly what `python -m lambda_grpo.main` composes
    (`lambda_grpo.config.compose` / `validate`, called from `compose_and_validate` only);
-2. cluster — at least `trainer.nnodes` alive Ray nodes with `trainer.n_gpus_per_node` GPUs each
-   (no GPU at all with `trainer.device=cpu`); it waits up to `--node-wait-s` for workers to join;
+2. cluster — at least `trainer.nnodes` alive Ray nodes with `trainer.n_gpus_per_node` Ray GPUs each (with
+   `trainer.device=cpu` logical ones: verl's worker groups always ask Ray for "GPU", so each node of a CPU cluster
+   declares them, `launch/start_head --num-gpus 1`); it waits up to `--node-wait-s` for workers to join;
 3. every alive node, from a Ray worker process pinned to it (the kind of process training runs in,
    with the job's runtime environment):
    - the data files, the model (local directory with config.json, or a hub id in the local cache)
@@ -110,7 +111,8 @@ class RunRequirements:
     data_files: config key -> the files it names (each node must see each file).
     model_path: `actor_rollout_ref.model.path` (a local directory or a hub id).
     extra_paths: config key -> path for optional inputs (tokenizer, reward function file).
-    gpus_per_node / gpu_memory: no GPU (0, None) with `trainer.device=cpu`.
+    gpus_per_node: the Ray GPUs each node must offer (logical ones with `trainer.device=cpu`).
+    gpu_memory: what each physical GPU must hold; None with `trainer.device=cpu` (no GPU to check).
     loss_names: policy losses that must resolve in every worker.
     checkpoints: what the config says about checkpoints (None: no disk check).
     """
@@ -165,7 +167,7 @@ def requirements_from_config(cfg, model_size: str | None) -> RunRequirements:
         model_path=str(model.path),
         checkpoint_dir=str(trainer.default_local_dir),
         nnodes=int(trainer.nnodes),
-        gpus_per_node=int(trainer.n_gpus_per_node) if on_gpu else 0,
+        gpus_per_node=int(trainer.n_gpus_per_node),
         gpu_memory=GPU_MEMORY_GB[model_size] if on_gpu else None,
         loss_names=(loss_mode,),
         extra_paths={k: str(v) for k, v in extra.items() if v},
@@ -379,7 +381,7 @@ def _check_model(where: str, fact: dict[str, Any]) -> Finding:
 
 def _check_gpus(where: str, gpus: list[dict[str, Any]] | None, req: RunRequirements, shm_bytes: int
                 ) -> list[Finding]:
-    if req.gpus_per_node == 0:
+    if req.gpu_memory is None:
         return []
     if gpus is None:
         return [Finding("FAIL", where, "nvidia-smi not found: cannot see this node's GPUs")]
@@ -478,7 +480,7 @@ def check_node(where: str, facts: dict[str, Any], req: RunRequirements, expected
     if req.checkpoints is not None and facts["checkpoint_dir"]["writable"]:
         findings.append(_check_checkpoint_space(where, facts, req.checkpoints))
     findings += _check_gpus(where, facts["gpus"], req, facts["shm_bytes"])
-    if req.gpus_per_node and facts["gpus"]:
+    if req.gpu_memory is not None and facts["gpus"]:
         findings += _check_driver(where, facts["gpus"], facts["torch"])
     if facts["plugin"]["loaded"]:
         findings.append(Finding("OK", where, f"lambda_grpo plugin loaded: {facts['plugin']['file']}"))

@@ -111,14 +111,3 @@ def draw_plots(series: Series, name: str, out_dir: Path) -> list[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
     return [draw(figure, out_dir) for figure in drawn]
 
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint a restart would resume from (verl's latest_checkpointed_iteration.txt), if any."""
-    marker = run_dir / "latest_checkpointed_iteration.txt"
-    try:
-        step = int(marker.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    folder = run_dir / f"global_step_{step}"
-    return folder if folder.is_dir() else None
-

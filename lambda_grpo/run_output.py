@@ -30,7 +30,9 @@ from typing import TextIO
 from omegaconf import DictConfig
 
 from lambda_grpo import console, run_files
+from lambda_grpo.complete_checkpoints import latest_complete
 from lambda_grpo.console import Progress, RunPaths
+from lambda_grpo.watchdog import SIGTERM_EXIT, Fault
 
 POLL_S = 0.5
 """How often the follower reads the log and metrics files."""
@@ -141,14 +143,22 @@ class RunOutput:
         self._stop()
         self._summary("finished")
 
-    def fail(self, error: BaseException) -> int:
+    def fail(self, error: BaseException, fault: Fault | None = None) -> int:
         """After a run that raised: the error's last lines, plots, the summary; returns the exit status
-        (1, 130 after Ctrl-C, a SystemExit's own code; 0 for a SystemExit that reports success)."""
-        if isinstance(error, SystemExit) and error.code in (0, None):
+        (1, 130 after Ctrl-C, a SystemExit's own code; 0 for a SystemExit that reports success).
+
+        `fault`: what the watchdog (lambda_grpo.watchdog) stopped the run for; it comes first, and decides the
+        exit status. After SIGTERM the plots are not drawn: Ray's job supervisor sends SIGKILL 3 s later."""
+        if fault is None and isinstance(error, SystemExit) and error.code in (0, None):
             self.finish()
             return 0
         traceback.print_exception(error)  # into the log, after everything the run printed
         self._stop()
+        if fault is not None:
+            self.say(f"error: {fault.message}")
+            stopped = fault.exit_status == SIGTERM_EXIT
+            self._summary("STOPPED" if stopped else "FAILED", draw=not stopped)
+            return fault.exit_status
         if isinstance(error, KeyboardInterrupt):
             self._summary("interrupted")
             return 130
@@ -160,14 +170,14 @@ class RunOutput:
         self._summary("FAILED")
         return error.code if isinstance(error, SystemExit) and isinstance(error.code, int) else 1
 
-    def _summary(self, outcome: str) -> None:
+    def _summary(self, outcome: str, draw: bool = True) -> None:
         try:
             series = run_files.history(self.paths)
         except (OSError, ValueError) as error:
             series, plots = {}, f"not drawn: {error}"
         else:
-            plots = self._plots(series)
-        checkpoint = run_files.latest_checkpoint(self.paths.run_dir)
+            plots = self._plots(series) if draw else "not drawn (python -m lambda_grpo.plots draws them)"
+        checkpoint = latest_complete(self.paths.run_dir)
         elapsed = time.monotonic() - self.started
         for line in console.summary_lines(outcome, elapsed, series, checkpoint, self.paths, plots):
             self.say(line)

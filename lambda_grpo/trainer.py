@@ -48,6 +48,7 @@ from verl.single_controller.base.decorator import Dispatch, register
 from verl.utils.config import omega_conf_to_dataclass
 
 from lambda_grpo.actor_loss import actor_loss
+from lambda_grpo.complete_checkpoints import marks_complete
 from lambda_grpo.config import policy_surrogate, weight_options
 from lambda_grpo.group_fields import GROUP_LENGTHS_KEY, POSITION_KEY, GroupTooWideError, group_fields
 from lambda_grpo.learnable_lambda import active_lambda_optimizer
@@ -220,6 +221,7 @@ class LambdaGRPOTrainerMixin:
             raise RuntimeError(f"λ differs across actor ranks (rank: value) {dict(enumerate(values))}; stopping")
         return states[0]
 
+    @marks_complete
     def _save_checkpoint(self) -> None:
         super()._save_checkpoint()
         if not self.learns_lambda:

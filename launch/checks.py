@@ -6,6 +6,8 @@
     python3 launch/checks.py token-env                  exit 1 unless $RAY_AUTH_TOKEN is strong
     python3 launch/checks.py listener URL               exit 1 if a loopback URL is served by another user;
                                                         warns for plain http:// to another machine
+    python3 launch/checks.py job-succeeded URL JOB_ID   exit 1 unless the job's status is SUCCEEDED (`ray job
+                                                        submit` itself exits 0 for a stopped job); says why
 
 Standard library only (it runs under whatever python3 is on PATH, also on a laptop that only submits).
 The token itself is never printed, and never passed on a command line (other users can read those).
@@ -15,13 +17,17 @@ Messages go to stderr; exit status 0 means go ahead.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import pwd
 import re
+import signal
 import stat
 import subprocess
 import sys
-from urllib.parse import urlsplit
+import urllib.error
+import urllib.request
+from urllib.parse import quote, urlsplit
 
 # Ray's own tokens are 32 random bytes as 64 hex characters (256 bits); 32 characters is 128 bits of hex.
 MIN_TOKEN_CHARS = 32
@@ -191,6 +197,60 @@ def check_listener(url: str, proc_net: tuple[str, ...] = ("/proc/net/tcp", "/pro
     return 0
 
 
+# ----------------------------------------------------------------------------------------------
+# How a job ended.
+
+
+def auth_headers() -> dict[str, str]:
+    """The Authorization header Ray's job API wants when token authentication is on (RAY_AUTH_MODE=token,
+    which launch/submit exports for such a cluster): the token read as Ray reads it."""
+    if os.environ.get("RAY_AUTH_MODE") != "token":
+        return {}
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    if not token:
+        path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+        with open(path, encoding="utf-8") as file:
+            token = file.read()
+    return {"Authorization": f"Bearer {token.strip()}"}
+
+
+def killed_by(message: str) -> str:
+    """" (killed by SIGKILL)" when Ray's message gives the entrypoint's exit code as a negative signal number."""
+    code = re.search(r"exit code (-\d+)", message)
+    try:
+        return f" (killed by {signal.Signals(-int(code[1])).name})" if code else ""
+    except ValueError:
+        return ""
+
+
+def job_outcome(status: str, message: str | None, job_id: str) -> str | None:
+    """Why a job that ended with `status` (Ray's JobStatus name) did not succeed; None when it did."""
+    if status == "SUCCEEDED":
+        return None
+    if status == "STOPPED":
+        return (f"job {job_id} was stopped (launch/submit stop, or Ray stopped it) before its run finished. "
+                "Resubmit the same command to continue from its last complete checkpoint.")
+    if status == "FAILED":
+        return f"job {job_id} failed: {message or 'no message from Ray'}{killed_by(message or '')}"
+    return (f"job {job_id} is {status}, but its log stream ended (the connection to the job API was lost?): "
+            f"follow it with launch/submit logs {job_id} --follow, or stop it with launch/submit stop {job_id}")
+
+
+def check_job_succeeded(url: str, job_id: str) -> int:
+    """Exit 0 iff the job API at `url` says the job SUCCEEDED; else say how it ended."""
+    request = urllib.request.Request(f"{url.rstrip('/')}/api/jobs/{quote(job_id, safe='')}", headers=auth_headers())
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            info = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        if isinstance(error, urllib.error.HTTPError) and error.code == 404:
+            return fail(f"job {job_id} was not created: its submission failed (the error is above)")
+        return fail(f"could not read the status of job {job_id} from {url} ({error}); it may still be running: "
+                    f"launch/submit status {job_id}")
+    why = job_outcome(str(info.get("status")), info.get("message"), job_id)
+    return fail(why) if why else 0
+
+
 def main(argv: list[str]) -> int:
     command, args = (argv[0], argv[1:]) if argv else ("", [])
     if command == "ray-version" and len(args) == 1:
@@ -201,6 +261,8 @@ def main(argv: list[str]) -> int:
         return check_token_env()
     if command == "listener" and len(args) == 1:
         return check_listener(args[0])
+    if command == "job-succeeded" and len(args) == 2:
+        return check_job_succeeded(*args)
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -11,7 +11,6 @@ import importlib.util
 import ipaddress
 import json
 import os
-import random
 import re
 import secrets
 import shutil
@@ -31,6 +30,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from local_cluster import free_port_block, script_env
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
 SUBMIT = LAUNCH / "submit"
@@ -44,29 +45,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def free_port_block(size: int) -> int:
-    """First port of `size` consecutive ports that are free on loopback now (Ray needs disjoint ones)."""
-    rng = random.Random()
-    for _ in range(100):
-        base = rng.randrange(20000, 60000 - size)
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in range(base, base + size):
-                    sock = stack.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError(f"no {size} consecutive free ports")
-
-
 def base_env(**extra: str) -> dict[str, str]:
     """The caller's environment without any Ray address or token, venv first on PATH."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(extra)
-    return env
+    return script_env(extra)
 
 
 def run(cmd: list[str | Path], env: dict[str, str], timeout: float = 240, cwd: Path | None = None
@@ -483,7 +464,8 @@ def head():
     log = scratch / "head.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [str(LAUNCH / "start_head"), "--node-ip", "127.0.0.1", "--port", str(ports["gcs"]),
+            # One logical GPU: verl's worker groups ask Ray for "GPU" on the CPU platform too (preflight checks it).
+            [str(LAUNCH / "start_head"), "--node-ip", "127.0.0.1", "--port", str(ports["gcs"]), "--num-gpus", "1",
              "--dashboard-port", str(ports["dashboard"]), "--temp-dir", str(scratch / "ray"), "--block", "--",
              "--ray-client-server-port", str(ports["client"]), "--node-manager-port", str(ports["node_manager"]),
              "--object-manager-port", str(ports["object_manager"]),
@@ -612,3 +594,68 @@ def test_stop_ends_a_job_waiting_for_nodes(head, tmp_path):
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     status = run([SUBMIT, "--address", head.address, "status", job_id], head.env)
     assert "stopped" in status.stdout.lower()
+
+
+# ----------------------------------------------------------------------------------------------
+# How a waited-for job ended (launch/checks.py job-succeeded): `ray job submit` exits 0 for a stopped job.
+
+
+@contextlib.contextmanager
+def job_api_answering(status: str, message: str | None):
+    """A stand-in job API on loopback whose every job has this status; it records the Authorization headers."""
+    import http.server
+    import threading
+
+    seen: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            body = json.dumps({"status": status, "message": message}).encode()
+            self.send_response(200 if self.path.startswith("/api/jobs/") else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize(("status", "message", "exit_status", "says"), [
+    ("SUCCEEDED", None, 0, ""),
+    ("STOPPED", "Job was intentionally stopped.", 1, "was stopped (launch/submit stop, or Ray stopped it)"),
+    ("FAILED", "Job entrypoint command failed with exit code 1", 1, "failed: Job entrypoint command failed"),
+    ("FAILED", "Job entrypoint command failed with exit code -9, last logs: ...", 1, "(killed by SIGKILL)"),
+    ("RUNNING", None, 1, "is RUNNING, but its log stream ended"),
+])
+def test_only_a_succeeded_job_is_success(tmp_path, monkeypatch, capsys, status, message, exit_status, says):
+    token = secrets.token_hex(32)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(write_token(tmp_path / "auth_token", token, 0o600)))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    with job_api_answering(status, message) as (address, seen):
+        assert checks.check_job_succeeded(address, "lambda_grpo-1") == exit_status
+    assert seen == [f"Bearer {token}"]
+    err = capsys.readouterr().err
+    assert says in err and token not in err
+    if exit_status == 0:
+        assert err == ""
+
+
+def test_a_job_that_was_never_created_is_not_success(capsys):
+    with job_api_answering("SUCCEEDED", None) as (address, seen):
+        assert checks.check_job_succeeded(f"{address}/elsewhere", "lambda_grpo-1") == 1  # the stand-in answers 404
+    assert "job lambda_grpo-1 was not created" in capsys.readouterr().err
+
+
+def test_unreadable_job_status_is_not_success(capsys):
+    assert checks.check_job_succeeded(f"http://127.0.0.1:{free_port()}", "lambda_grpo-1") == 1
+    assert "could not read the status of job lambda_grpo-1" in capsys.readouterr().err

@@ -83,10 +83,13 @@ def test_requirements_read_verls_keys(verl_cfg):
     assert req.checkpoint_dir == "checkpoints/verl_examples/gsm8k"
 
 
-def test_cpu_device_needs_no_gpu_whatever_the_size(verl_cfg):
+def test_cpu_device_needs_logical_gpus_but_no_gpu_memory_whatever_the_size(verl_cfg):
+    """verl's worker groups ask Ray for "GPU" on the CPU platform too: each node must declare them."""
     verl_cfg.trainer.device = "cpu"
     req = preflight.requirements_from_config(verl_cfg, None)
-    assert (req.gpus_per_node, req.gpu_memory) == (0, None)
+    assert (req.gpus_per_node, req.gpu_memory) == (8, None)
+    nodes = [{"Alive": True, "NodeManagerAddress": "10.0.0.1", "Resources": {"CPU": 16.0}}]
+    assert preflight.check_cluster(nodes, req).level == "FAIL"
 
 
 def test_gpu_run_of_an_unknown_size_is_refused(verl_cfg):

@@ -73,15 +73,6 @@ def test_history_merges_every_start_and_plots_are_drawn(tmp_path):
     assert all(path.read_bytes()[:4] == b"\x89PNG" for path in drawn)
 
 
-def test_latest_checkpoint_is_the_one_verl_resumes_from(tmp_path):
-    assert run_files.latest_checkpoint(tmp_path) is None
-    (tmp_path / "global_step_20").mkdir()
-    (tmp_path / "latest_checkpointed_iteration.txt").write_text("20")
-    assert run_files.latest_checkpoint(tmp_path) == tmp_path / "global_step_20"
-    (tmp_path / "latest_checkpointed_iteration.txt").write_text("40")  # written before its folder is complete
-    assert run_files.latest_checkpoint(tmp_path) is None
-
-
 TRACKING_EXAMPLE = """
 import os
 import sys
