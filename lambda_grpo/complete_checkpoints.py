@@ -36,11 +36,12 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from lambda_grpo.data.outputs import write_text_atomically
 
 MARKER = "lambda_grpo_complete.json"
 """The completeness marker inside global_step_<N>/."""
@@ -64,29 +65,14 @@ def _files(folder: Path) -> dict[str, int]:
     """Every regular file under `folder` except the marker (and its temporary copy): relative path → size."""
     files = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.name.startswith(MARKER):
+        if path.is_file() and not path.name.startswith((MARKER, f".{MARKER}")):
             files[path.relative_to(folder).as_posix()] = path.stat().st_size
     return files
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """`text` into `path` through a temporary file that is fsynced, then renamed over it; then the folder fsynced."""
-    temporary = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 def mark_complete(folder: Path, step: int) -> None:
     """Write global_step_<step>'s marker: the step and each of its files with its size (after the whole save)."""
-    _write_atomically(folder / MARKER, json.dumps({"global_step": step, "files": _files(folder)}, indent=1))
+    write_text_atomically(folder / MARKER, json.dumps({"global_step": step, "files": _files(folder)}, indent=1))
 
 
 def marks_complete(save: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -177,7 +163,7 @@ def prepare_resume(run_dir: Path, resume_mode: str, resume_from_path: str | None
     else:
         problem = f"{TRACKER} is missing"
     if latest is not None:
-        _write_atomically(run_dir / TRACKER, latest.name.removeprefix("global_step_"))
+        write_text_atomically(run_dir / TRACKER, latest.name.removeprefix("global_step_"))
         return f"{run_dir}: {problem}; resuming from {latest.name}, the latest complete checkpoint"
     steps = checkpoint_steps(run_dir)
     if not steps:

@@ -1,8 +1,9 @@
 """Output files: atomic writes whose modes follow the umask, and one run's set of outputs swapped into place.
 
 `write_text_atomically(path, text)`: the text goes to a new temporary file beside `path` (created as `open()`
-creates files, mode 0o666 minus the umask), which then replaces `path` by a rename: readers see the old file or
-the new one, never a part.
+creates files, mode 0o666 minus the umask), which is fsynced and then replaces `path` by a rename, and the folder is fsynced: readers see the old file or
+the new one, never a part, also after a crash (the checkpoint marker of lambda_grpo.complete_checkpoints relies
+on it).
 
 `StagedOutputs(out_dir)`: a run writes all its files into a private staging folder inside `out_dir`; `commit`
 moves them into `out_dir` (the file named last, e.g. a report, after all others) and then deletes the files of
@@ -32,10 +33,17 @@ def write_text_atomically(path: Path, text: str) -> None:
     try:
         with temporary.open("x", encoding="utf-8") as file:
             file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 class StagedOutputs:
